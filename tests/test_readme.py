@@ -1,0 +1,24 @@
+"""README.md is generated from nbs/index.ipynb; this checks that they agree and that its two commands are the ones CI runs."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_readme_matches_index():
+    out = subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'markdown', '--log-level=ERROR', '--stdout',
+                          str(ROOT / 'nbs' / 'index.ipynb')], capture_output=True, text=True, check=True).stdout
+    assert out == (ROOT / 'README.md').read_text(), 'README.md is stale: run `bash .ci/readme` and commit'
+
+
+def test_readme_has_the_two_commands():
+    readme = (ROOT / 'README.md').read_text()
+    commands = re.findall(r'```sh\n(.*?)\n```', readme, re.S)
+    assert len(commands) == 2, commands
+    demo, tests = commands
+    assert demo.endswith('mdf-loss demo') and 'pip install torch==2.13.0 -e .' in demo
+    assert tests.endswith('pytest') and '-e ".[dev]"' in tests
+    ci = (ROOT / '.ci' / 'run').read_text()
+    assert 'pytest' in ci and 'torch==2.13.0' in ci
