@@ -10,12 +10,21 @@ from pathlib import Path
 import torch
 
 # %% auto 0
-__all__ = ['run_demo', 'cli_demo', 'cli_convert', 'build_parser', 'main']
+__all__ = ['train_demo_loss', 'run_demo', 'cli_demo', 'cli_convert', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb
+def train_demo_loss(out: Path, iters: int = 200, seed: int = 0, progress: bool = True) -> Path:
+    "Phase 1 at the `quick` preset's size with `iters` iterations per scale, in `out` (resumed if already there)."
+    from mdf_loss.adversarial import TrainConfig, train
+    cfg = TrainConfig.from_preset('quick', task='denoise', iters=iters, seed=seed)
+    done = out/'loss.safetensors'
+    if done.is_file(): return done
+    return train(cfg, out, resume=(out/'config.json').is_file(), progress=progress,
+                 command=f'mdf-loss demo (phase 1: quick preset, {iters} iterations per scale, seed {seed})')
+
 def run_demo(out: Path | str = 'mdf_demo', steps: int = 40, size: int = 128, losses: dict | None = None,
-             seed: int = 0, lr: float = 0.1, progress: bool = True) -> dict:
-    "Optimise noise towards the bundled image under each loss; writes demo.png, results.md, results.json to `out`."
+             seed: int = 0, lr: float = 0.1, progress: bool = True, train_iters: int = 200) -> dict:
+    "Train a quick denoising loss, then optimise noise towards the bundled image under each loss; writes demo.png, results.md, results.json to `out`."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
@@ -24,12 +33,16 @@ def run_demo(out: Path | str = 'mdf_demo', steps: int = 40, size: int = 128, los
     from mdf_loss.loss import MDFLoss, pixel_optimisation
     if steps < 1: raise ValueError(f"--steps must be at least 1, got {steps}")
     if size < 16: raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if train_iters < 0: raise ValueError(f"--train-iters must be 0 (skip phase 1) or more, got {train_iters}")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    if losses is None:
+        losses = {}
+        if train_iters:
+            losses['MDF (ours, quick denoise)'] = MDFLoss.load(train_demo_loss(out/'phase1', train_iters, seed, progress))
+        losses.update({'MDF (official SISR)': MDFLoss.from_pretrained('official-sisr'), 'L2': torch.nn.MSELoss()})
     target = load_image(bundled_image_path(), size=size)
     g = seed_everything(seed)
     start = torch.rand(target.shape, generator=g)
-    losses = losses or {'MDF (official SISR)': MDFLoss.from_pretrained('official-sisr'),
-                        'L2': torch.nn.MSELoss()}
     results, finals = {}, {}
     for name, fn in losses.items():
         bar = tqdm(total=steps, desc=name, disable=not progress, leave=False)
@@ -67,10 +80,14 @@ class _Parser(argparse.ArgumentParser):
 
 def cli_demo(args) -> int:
     from mdf_loss.core import bundled_image_path
-    print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps")
-    res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed)
+    if args.train_iters:
+        print(f"mdf-loss demo: phase 1, training a denoising loss on {bundled_image_path().name} "
+              f"({args.train_iters} iterations per scale) in {args.out/'phase1'}")
+    print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps per loss")
+    res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)
     print(Path(args.out/'results.md').read_text())
-    print(f"wrote {args.out/'demo.png'}, {args.out/'results.md'} and {args.out/'results.json'}")
+    print(f"wrote {args.out/'demo.png'}, {args.out/'results.md'} and {args.out/'results.json'}" +
+          (f"; the trained loss is {args.out/'phase1'/'loss.safetensors'}" if args.train_iters else ''))
     return 0
 
 def cli_convert(args) -> int:
@@ -92,12 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--steps', type=int, default=40, help='Adam steps per loss (default: 40)')
     d.add_argument('--size', type=int, default=128, help='short side of the image in pixels (default: 128)')
     d.add_argument('--seed', type=int, default=0)
+    d.add_argument('--train-iters', type=int, default=200, help='phase-1 iterations per scale for the demo loss; 0 skips phase 1 (default: 200)')
     d.set_defaults(func=cli_demo)
     c = sub.add_parser('convert-official', help="convert the authors' legacy .pth pickle to a .safetensors loss file, safely")
     c.add_argument('src', type=Path, help='Ds_SISR.pth, Ds_Denoising.pth or Ds_JPEG.pth')
     c.add_argument('dst', type=Path, help='output .safetensors path')
     c.add_argument('--task', choices=['sisr', 'denoise', 'jpeg'], default=None, help='task recorded in the metadata')
     c.set_defaults(func=cli_convert)
+    from mdf_loss.adversarial import train_arguments, cli_train
+    t = sub.add_parser('train', help='phase 1: train a task-specific loss from one image (resumable)')
+    train_arguments(t); t.set_defaults(func=cli_train)
+    from mdf_loss.restoration import experiment_arguments, cli_experiment
+    e = sub.add_parser('experiment', help='train restoration networks under several losses and compare them')
+    experiment_arguments(e); e.set_defaults(func=cli_experiment)
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,5 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mdf-loss {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mdf-loss {args.command}: interrupted", file=sys.stderr)
+        print(f"mdf-loss {args.command}: interrupted (finished work is kept; rerun with --resume where supported)", file=sys.stderr)
         return 130
+    except Exception as e:   # an unexpected failure: still one line, exit 1; --debug shows where
+        if args.debug: raise
+        print(f"mdf-loss {args.command}: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -51,11 +51,11 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     "Convert any Pillow mode to 8-bit RGB, warning about what changed."
     mode = img.mode
     if mode == 'RGB': return img
-    if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535. if mode.startswith('I;16') or arr.max() > 255 else 255.
+    if mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = 65535. if mode.startswith('I;16') or arr.max() > 255 else 1. if mode == 'F' and arr.max() <= 1 else 255.
         img = Image.fromarray(np.clip(np.round(arr/top*255.), 0, 255).astype(np.uint8), 'L')
-        warnings.warn(f"{name}: 16-bit grayscale image converted to 8-bit RGB")
+        warnings.warn(f"{name}: {'floating-point' if mode == 'F' else '16-bit'} grayscale image converted to 8-bit RGB (values divided by {top:g})")
         return img.convert('RGB')
     if mode in ('RGBA', 'LA', 'PA') or (mode == 'P' and 'transparency' in img.info):
         rgba = img.convert('RGBA')
@@ -65,6 +65,13 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     what = {'L': 'grayscale', 'P': 'palette', '1': '1-bit', 'CMYK': 'CMYK', 'YCbCr': 'YCbCr'}.get(mode, mode)
     warnings.warn(f"{name}: {what} image converted to RGB")
     return img.convert('RGB')
+
+def _upright(img: Image.Image, name: str) -> Image.Image:
+    "The image turned as its EXIF orientation says, as a photo viewer shows it; broken EXIF data is ignored, with a warning."
+    try: return ImageOps.exif_transpose(img)
+    except Exception as e:   # Pillow's EXIF parser raises struct.error, KeyError, ... on corrupt tags; the pixels are fine
+        warnings.warn(f"{name}: its EXIF data is corrupt ({type(e).__name__}: {e}); orientation ignored")
+        return img
 
 def load_image(src, size: int | tuple[int, int] | None = None) -> torch.Tensor:
     "Read an image file (path or file object) as a 1 x 3 x H x W float32 tensor in [0,1]; `size` resizes the short side (int) or to (H, W)."
@@ -76,14 +83,16 @@ def load_image(src, size: int | tuple[int, int] | None = None) -> torch.Tensor:
         if p.stat().st_size == 0: raise ValueError(f"{name} is empty (0 bytes); it is not an image")
     try:
         with Image.open(src) as img:
+            deep = img.mode in ('RGB', 'RGBA') and any(';16' in str(t[3]) for t in img.tile)  # Pillow keeps 8 of 16 bits
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = _upright(img, name)
     except Image.DecompressionBombError as e:
         raise ValueError(f"{name} is too large to decode safely ({e}). If you trust the file, raise "
                          "PIL.Image.MAX_IMAGE_PIXELS yourself before loading it.") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{name} could not be decoded as an image ({e}); the file is corrupt or not an image") from None
     if 0 in img.size: raise ValueError(f"{name} has zero size {img.size}")
+    if deep: warnings.warn(f"{name}: 16-bit-per-channel {img.mode} image reduced to 8 bits per channel")
     x = pil_to_tensor(_to_rgb(img, name))
     return x if size is None else resize(x, size).clamp_(0, 1)   # bicubic overshoots a little at edges
 

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import check_pair
+from .core import check_pair, resize
 from .blocks import Discriminator, TAPS
 
 # %% auto 0
-__all__ = ['REDUCTIONS', 'MODES', 'fold_conv_bn', 'MDFLoss', 'pixel_optimisation']
+__all__ = ['SLOPE', 'ASSUMED_SCALE_FACTOR', 'REDUCTIONS', 'MODES', 'fold_conv_bn', 'feature_distance', 'relative_scales',
+           'MDFLoss', 'pixel_optimisation']
 
 # %% ../nbs/04_loss.ipynb
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +28,79 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[tor
     return (w*scale[:, None, None, None]).float(), ((b - bn.running_mean.detach().double())*scale + bn.bias.detach().double()).float()
 
 # %% ../nbs/04_loss.ipynb
+SLOPE = 0.2  # LeakyReLU's negative slope in SinGAN's blocks
+
+def _taps(x: torch.Tensor, params, keep: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    "The taps (head, body, tail) of a folded discriminator, and its activations if `keep`; call without autograd."
+    n, h, taps, acts = len(params), x, [], []
+    for j, (w, b) in enumerate(params):
+        h = F.conv2d(h, w, b)
+        if j < n - 1:
+            h = F.leaky_relu_(h, SLOPE)
+            if keep: acts.append(h)
+        if j in (0, n - 2, n - 1): taps.append(h)
+    return taps, acts
+
+def feature_distance(x: torch.Tensor,  # output images, N x 3 x H x W
+                     y: torch.Tensor,  # target images, same shape
+                     params: Sequence[tuple[torch.Tensor, torch.Tensor]],  # (weight, bias) of each folded convolution
+                     tap_weights: Sequence[float] = (1.0, 1.0, 1.0),  # weights of the head, body and tail terms
+                     need_grad: bool = True,  # also return the gradient
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Terms mean((f(x) - f(y))^2) of one folded discriminator (N x 3), and the gradient of their `tap_weights` sum w.r.t. `x`."
+    with torch.no_grad():
+        ty, _ = _taps(y, params, False)
+        tx, acts = _taps(x, params, need_grad)
+        diffs = [a - b for a, b in zip(tx, ty)]
+        del tx, ty  # only the differences and the activations are needed from here on
+        acc = torch.promote_types(x.dtype, torch.float32)  # accumulate low-precision features in float32
+        terms = torch.stack([d.to(acc).square().mean((1, 2, 3)) for d in diffs], 1)
+        if not need_grad: return terms, None
+        n = len(params)
+        scale = [2*float(v)/d[0].numel() for v, d in zip(tap_weights, diffs)]
+        g = diffs[2].mul_(scale[2])
+        for j in range(n - 1, 0, -1):
+            g = F.conv_transpose2d(g, params[j][0])  # gradient w.r.t. activation j - 1
+            if j - 1 == n - 2 and scale[1]: g.add_(diffs[1], alpha=scale[1])
+            if j - 1 == 0 and scale[0]: g.add_(diffs[0], alpha=scale[0])
+            g = torch.ops.aten.leaky_relu_backward(g, acts[j - 1], SLOPE, True)
+            acts[j - 1] = None
+        return terms, F.conv_transpose2d(g, params[0][0])
+
+# %% ../nbs/04_loss.ipynb
+class _EagerDistance(torch.autograd.Function):
+    "Autograd wrapper of `feature_distance`: the gradient is computed in the forward pass and scaled in the backward."
+    @staticmethod
+    def forward(ctx, x, y, fn, params, tap_weights):
+        terms, grad = fn(x, y, params, tap_weights, True)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(terms)
+        return terms @ terms.new_tensor(tap_weights), terms
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_terms):
+        if torch.is_grad_enabled():
+            raise RuntimeError("MDFLoss has no second derivative: it computes its gradient during the forward pass. "
+                               "Do not backpropagate through it with create_graph=True.")
+        (grad,) = ctx.saved_tensors
+        return grad*grad_loss.to(grad.dtype).view(-1, 1, 1, 1), None, None, None, None
+
+# %% ../nbs/04_loss.ipynb
+ASSUMED_SCALE_FACTOR = 0.75  # SinGAN's configured pyramid factor, for weight files that do not record theirs
+
+def relative_scales(meta: dict, n: int) -> list[tuple[float, float]]:
+    "(height, width) factors from the finest training scale to each of the `n` discriminators' scales, coarsest first."
+    sizes = meta.get('scale_sizes')
+    if sizes:
+        if len(sizes) != n: raise ValueError(f"meta['scale_sizes'] has {len(sizes)} sizes for {n} discriminators; the weight file is inconsistent")
+        fh, fw = sizes[-1]
+        return [(h/fh, w/fw) for h, w in sizes]
+    f = meta.get('scale_factor') or ASSUMED_SCALE_FACTOR
+    return [(f**(n - 1 - k),)*2 for k in range(n)]
+
+# %% ../nbs/04_loss.ipynb
 REDUCTIONS = ('mean', 'sum', 'none')
-MODES = ('exact',)
+MODES = ('exact', 'pyramid')
 
 def _weights(values, n: int, what: str) -> torch.Tensor:
     if values is None: return torch.ones(n)
@@ -45,9 +117,11 @@ class MDFLoss(nn.Module):
                  reduction: str = 'mean',  # 'mean' over the batch, 'sum', or 'none' for one value per image
                  scale_weights: Sequence[float] | None = None,  # one weight per used scale (default 1)
                  layer_weights: Sequence[float] | None = None,  # one weight per tap: head, body, tail (default 1)
-                 mode: str = 'exact',  # 'exact' computes the reference formula
+                 mode: str = 'exact',  # 'exact': the reference formula; 'pyramid': each D_k at its training scale (faster)
                  meta: dict | None = None,  # description of how the discriminators were made (saved with them)
-                 validate: bool = True):  # check input values (NaN/Inf, range); costs one host sync per call
+                 validate: bool = True,  # check input values (NaN/Inf, range); costs one host sync per call
+                 dtype: torch.dtype | None = None,  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
+                 compile: bool = False):  # compile the per-discriminator function with torch.compile
         super().__init__()
         ds = list(discriminators)
         if not ds or not all(isinstance(d, Discriminator) for d in ds):
@@ -57,24 +131,34 @@ class MDFLoss(nn.Module):
             raise ValueError(f"num_scales must be between 1 and {len(ds)} (the discriminators available), got {num_scales}")
         if reduction not in REDUCTIONS: raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, or None, got {dtype!r}")
         self.discriminators = nn.ModuleList(ds)
         self.num_scales, self.reduction, self.mode, self.validate = num_scales, reduction, mode, validate
+        self.dtype, self.compile = dtype, compile
         self.meta = dict(meta or {})
         self.register_buffer('scale_weights', _weights(scale_weights, num_scales, 'scale_weights'), persistent=False)
         self.register_buffer('layer_weights', _weights(layer_weights, len(TAPS), 'layer_weights'), persistent=False)
+        self._scale_floats, self._layer_floats = tuple(self.scale_weights.tolist()), tuple(self.layer_weights.tolist())
+        self.scales = relative_scales(self.meta, len(ds))[:num_scales] if mode == 'pyramid' else [(1.0, 1.0)]*num_scales
         for p in self.parameters(): p.requires_grad_(False)
         self._fold()
+        self._distance = torch.compile(feature_distance, dynamic=False) if compile else feature_distance
         self._warned = False
         super().train(False)
 
     def _fold(self):
-        "Fold every BatchNorm into its convolution; kept as non-persistent buffers that follow `.to()`."
+        "Fold every BatchNorm into its convolution; kept as non-persistent channels-last buffers that follow `.to()`."
         for k, d in enumerate(self.discriminators[:self.num_scales]):
             convs = [(d.head.conv, d.head.norm)] + [(blk.conv, blk.norm) for blk in d.body] + [(d.tail, None)]
             for j, (conv, bn) in enumerate(convs):
                 w, b = fold_conv_bn(conv, bn)
-                self.register_buffer(f'_w{k}_{j}', w.to(conv.weight.device), persistent=False)
+                self.register_buffer(f'_w{k}_{j}', w.to(conv.weight.device).contiguous(memory_format=torch.channels_last), persistent=False)
                 self.register_buffer(f'_b{k}_{j}', b.to(conv.weight.device), persistent=False)
+
+    def _params(self, k: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        n = 2 + len(self.discriminators[k].body)
+        return [(getattr(self, f'_w{k}_{j}').to(dtype), getattr(self, f'_b{k}_{j}').to(dtype)) for j in range(n)]
 
     def train(self, mode: bool = True):
         "The loss is frozen: it stays in eval mode whatever `mode` says."
@@ -83,44 +167,69 @@ class MDFLoss(nn.Module):
     @property
     def receptive_field(self) -> int: return self.discriminators[0].receptive_field
 
+    def input_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        "The (H, W) at which each used discriminator sees an `h` x `w` image (all of them `(h, w)` in exact mode)."
+        rf = self.receptive_field
+        return [(max(rf, round(h*a)), max(rf, round(w*b))) for a, b in self.scales]
+
     def features(self, x: torch.Tensor, k: int) -> list[torch.Tensor]:
-        "The tap features (head, body, tail) of discriminator `k` for `x`, with BatchNorm folded."
+        "The tap features (head, body, tail) of discriminator `k` for `x` (at the size given), with BatchNorm folded."
         d = self.discriminators[k]
         n = 1 + len(d.body)
         dtype = x.dtype
         h, out = x, []
         for j in range(n + 1):
             h = F.conv2d(h, getattr(self, f'_w{k}_{j}').to(dtype), getattr(self, f'_b{k}_{j}').to(dtype))
-            if j < n: h = F.leaky_relu(h, 0.2)
+            if j < n: h = F.leaky_relu(h, SLOPE)
             if j == 0 or j >= n - 1: out.append(h)
         return out
 
-    def terms(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        "Unweighted values mean((f(output) - f(target))^2), shape N x num_scales x 3 (head, body, tail)."
+    def _evaluate(self, output: torch.Tensor, target: torch.Tensor, weighted: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        "The weighted per-image loss (if `weighted`; scales of weight 0 are skipped) and each scale's N x 3 terms."
         stray = check_pair(output, target, self.receptive_field, self.validate)
         if stray and not self._warned:
             self._warned = True
             warnings.warn("MDFLoss: inputs stray outside [0,1] by more than 0.1; the loss expects images in [0,1] "
-                          "(this warning is shown once)", stacklevel=3)
+                          "(this warning is shown once)", stacklevel=4)
         if self._w0_0.device != output.device: self.to(output.device)
-        rows = []
-        for k in range(self.num_scales):
-            with torch.no_grad(): ft = self.features(target.detach(), k)
-            fo = self.features(output, k)
-            acc = torch.promote_types(output.dtype, torch.float32)  # accumulate low-precision features in float32
-            rows.append(torch.stack([(a - b).to(acc).pow(2).mean(dim=(1, 2, 3)) for a, b in zip(fo, ft)], 1))
-        return torch.stack(rows, 1)
+        dtype = self.dtype or output.dtype
+        need_grad = torch.is_grad_enabled() and output.requires_grad
+        target = target.detach()
+        total, rows = None, []
+        for k, size in enumerate(self.input_sizes(*output.shape[-2:])):
+            if weighted and self._scale_floats[k] == 0: continue
+            x, y = output, target
+            if size != tuple(output.shape[-2:]):  # antialiased resizing needs float32 or wider
+                wide = torch.promote_types(output.dtype, torch.float32)
+                x, y = resize(x.to(wide), size), resize(y.to(wide), size)
+            x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+            y = y.to(dtype).contiguous(memory_format=torch.channels_last)
+            params = self._params(k, dtype)
+            if need_grad: loss, terms = _EagerDistance.apply(x, y, self._distance, params, self._layer_floats)
+            else:
+                terms, _ = self._distance(x, y, params, self._layer_floats, False)
+                loss = terms @ terms.new_tensor(self._layer_floats)
+            rows.append(terms)
+            if weighted:
+                loss = loss*self._scale_floats[k]
+                total = loss if total is None else total + loss
+        if weighted and total is None: total = (output*0).sum((1, 2, 3)).to(torch.promote_types(output.dtype, torch.float32))  # every scale weighs 0
+        return total, rows
+
+    def terms(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        "Unweighted values mean((f(output) - f(target))^2), shape N x num_scales x 3 (head, body, tail); values only, no gradient."
+        with torch.no_grad(): return torch.stack(self._evaluate(output, target, weighted=False)[1], 1)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         "The MDF loss of `output` against `target`, reduced as `self.reduction` says, in the inputs' dtype."
-        t = self.terms(output, target)
-        per_image = (t*self.scale_weights.to(t)[None, :, None]*self.layer_weights.to(t)[None, None, :]).sum((1, 2))
+        per_image, _ = self._evaluate(output, target, weighted=True)
         res = per_image.mean() if self.reduction == 'mean' else per_image.sum() if self.reduction == 'sum' else per_image
         return res.to(output.dtype)
 
     def extra_repr(self) -> str:
+        extra = ''.join(f', {k}={v!r}' for k, v in dict(dtype=self.dtype, compile=self.compile).items() if v)
         return (f"num_scales={self.num_scales}, available={len(self.discriminators)}, reduction={self.reduction!r}, "
-                f"mode={self.mode!r}, task={self.meta.get('task')!r}")
+                f"mode={self.mode!r}, task={self.meta.get('task')!r}{extra}")
 
     # Weight files: implemented in mdf_loss.weights (notebook 05)
     @classmethod

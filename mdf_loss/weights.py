@@ -33,16 +33,18 @@ def atomic_write_bytes(data: bytes, path) -> Path:
     "Write `data` to `path` via a temporary file, fsync and rename, so readers see the old or the new file, never half."
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"{path} is a directory; give a file path such as {path/'loss.safetensors'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
+    tmp = None
+    try:   # a full disk or a read-only folder can fail any step, creating the temporary file included
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
-        try: os.unlink(tmp)
-        except OSError: pass
+        if tmp is not None:
+            try: os.unlink(tmp)
+            except OSError: pass
         if isinstance(e, OSError):
             raise OSError(e.errno, f"could not write {path}: {e.strerror or e}; the previous file (if any) is unchanged") from e
         raise
@@ -90,13 +92,23 @@ def _parse_meta(raw: dict | None, name: str) -> dict:
         if not isinstance(meta.get(key), kind): raise WeightFileError(f"{name}: metadata lacks a valid {key!r}")
     if not meta['widths'] or not all(isinstance(w, int) and w > 0 for w in meta['widths']):
         raise WeightFileError(f"{name}: metadata 'widths' must be a non-empty list of positive integers")
+    if meta['num_layer'] < 3 or meta['kernel_size'] < 1:
+        raise WeightFileError(f"{name}: metadata describes an impossible discriminator "
+                              f"(num_layer {meta['num_layer']}, kernel_size {meta['kernel_size']})")
     return meta
+
+def _shapes_only(name: str, *args, **kwargs) -> Discriminator:
+    "A `Discriminator` on the meta device: its tensor shapes, with no memory allocated, however large a hostile file says it is."
+    try:
+        with torch.device('meta'): return Discriminator(*args, **kwargs)
+    except (ValueError, RuntimeError) as e: raise WeightFileError(f"{name} describes an impossible discriminator ({e})") from None
 
 def read_weights(path) -> tuple[list[Discriminator], dict]:
     "Discriminators (in eval mode) and metadata from a weight file written by `write_weights`."
     path = Path(path); name = str(path)
     if path.is_dir(): raise IsADirectoryError(f"{name} is a directory; give the path of a .safetensors weight file")
     if not path.exists(): raise FileNotFoundError(f"{name} does not exist; check the path (MDFLoss.available() lists the bundled losses)")
+    if not path.is_file(): raise WeightFileError(f"{name} is not a regular file (a pipe or device); give the path of a .safetensors weight file")
     data = path.read_bytes()
     try:
         from safetensors import safe_open
@@ -105,9 +117,11 @@ def read_weights(path) -> tuple[list[Discriminator], dict]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightFileError(f"{name} is not a readable safetensors file ({e}); it may be truncated or corrupt") from None
     meta = _parse_meta(raw, name)
+    if max(len(meta['widths']), meta['num_layer']) > len(tensors):
+        raise WeightFileError(f"{name}: its metadata describes more layers than the {len(tensors)} tensors it holds")
     ds = []
     for k, w in enumerate(meta['widths']):
-        d = Discriminator(w, num_layer=meta['num_layer'], kernel_size=meta['kernel_size'])
+        d = _shapes_only(name, w, num_layer=meta['num_layer'], kernel_size=meta['kernel_size'])
         expected = d.state_dict()
         for n, t in expected.items():
             got = tensors.get(f'{k}.{n}')
@@ -116,6 +130,7 @@ def read_weights(path) -> tuple[list[Discriminator], dict]:
                 raise WeightFileError(f"{name}: tensor '{k}.{n}' has shape {tuple(got.shape)}, but the metadata implies {tuple(t.shape)}")
             if got.is_floating_point() and not torch.isfinite(got).all():
                 raise WeightFileError(f"{name}: tensor '{k}.{n}' contains NaN or Inf")
+        d = d.to_empty(device='cpu')   # only now, with every shape checked against the file, is memory allocated
         d.load_state_dict({n: tensors[f'{k}.{n}'] for n in expected})
         ds.append(d.eval())
     extra = set(tensors) - {f'{k}.{n}' for k, d in enumerate(ds) for n in d.state_dict()}
@@ -155,6 +170,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _MODULE_CLASSES:
             return self._classes.setdefault((module, name), type(name, (_Record,), {'qualname': f'{module}.{name}'}))
         if (module, name) == ('collections', 'OrderedDict'): return OrderedDict
+        if (module, name) in (('builtins', 'set'), ('__builtin__', 'set')): return set   # newer torch pickles a module's non-persistent buffer names
         if (module, name) == ('torch._utils', '_rebuild_tensor_v2'): return _rebuild_tensor
         if (module, name) == ('torch._utils', '_rebuild_parameter'): return _rebuild_parameter
         if module == 'torch' and name in _STORAGE_DTYPES: return _StorageType(name)
@@ -178,6 +194,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _load_legacy(path) -> list:
     "The objects of a legacy `torch.save` file, read through the restricted unpickler."
     name = str(path); data = Path(path).read_bytes(); f = io.BytesIO(data)
+    if data[:4] == b'PK\x03\x04':
+        raise WeightFileError(f"{name} is a zip-format torch.save file, not one of the authors' legacy files; "
+                              "only those are converted (a .safetensors file loads with MDFLoss.load)")
     def load():
         u = _RestrictedUnpickler(f, name); obj = u.load(); return obj, u
     try:
@@ -192,6 +211,7 @@ def _load_legacy(path) -> list:
             raise WeightFileError(f"{name}: only little-endian legacy files are supported")
         obj, u = load()
         keys, _ = load()
+        if not isinstance(keys, list): raise WeightFileError(f"{name}: its storage table is not a list; the file is corrupt")
     except UnsafePickleError: raise
     except WeightFileError: raise
     except Exception as e:
@@ -214,12 +234,12 @@ def _children(rec) -> list:
     return list(rec.state['_modules'].values())
 
 def _discriminator_from_record(rec, k: int, name: str) -> Discriminator:
-    if type(rec).qualname != 'SinGAN.models.WDiscriminator':
-        raise WeightFileError(f"{name}: item {k} is a {type(rec).qualname or type(rec).__name__}, not a SinGAN WDiscriminator")
+    kind = getattr(type(rec), 'qualname', '') or type(rec).__name__
+    if kind != 'SinGAN.models.WDiscriminator': raise WeightFileError(f"{name}: item {k} is a {kind}, not a SinGAN WDiscriminator")
     mods = rec.state['_modules']
     head, body, tail = mods['head'], mods['body'], mods['tail']
     width = head.state['_modules']['conv'].state['out_channels']
-    d = Discriminator(width, num_layer=2 + len(_children(body)), kernel_size=tail.state['kernel_size'][0])
+    d = _shapes_only(name, width, num_layer=2 + len(_children(body)), kernel_size=tail.state['kernel_size'][0])
     sources = [(d.head, head)] + list(zip(d.body, _children(body)))
     sd = {}
     for ours, theirs in sources:
@@ -235,6 +255,7 @@ def _discriminator_from_record(rec, k: int, name: str) -> Discriminator:
     for n, t in sd.items():
         if t.shape != expected[n].shape:
             raise WeightFileError(f"{name}: discriminator {k} tensor {n} has shape {tuple(t.shape)}, expected {tuple(expected[n].shape)}")
+    d = d.to_empty(device='cpu')
     d.load_state_dict({n: t.clone() for n, t in sd.items()})
     return d.eval()
 
@@ -243,9 +264,14 @@ def import_official(path, task: str | None = None) -> MDFLoss:
     path = Path(path); name = str(path)
     if path.is_dir(): raise IsADirectoryError(f"{name} is a directory; give the path of a .pth file")
     if not path.exists(): raise FileNotFoundError(f"{name} does not exist; check the path")
+    if not path.is_file(): raise WeightFileError(f"{name} is not a regular file (a pipe or device); give the path of a .pth file")
     obj = _load_legacy(path)
     if not isinstance(obj, list) or not obj: raise WeightFileError(f"{name} does not hold a list of discriminators")
-    ds = [_discriminator_from_record(r, k, name) for k, r in enumerate(obj)]
+    try: ds = [_discriminator_from_record(r, k, name) for k, r in enumerate(obj)]
+    except WeightFileError: raise
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:   # records of the wrong shape
+        raise WeightFileError(f"{name} does not have the structure of a SinGAN discriminator list "
+                              f"({type(e).__name__}: {e}); it may be corrupt") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     meta = dict(task=task, distortion=None, train_image=None, scale_sizes=None, scale_factor=None,
                 input_range=[0.0, 1.0],

@@ -18,12 +18,13 @@ def run(*args, cwd=None):
 
 
 def test_demo_writes_figure_and_table(tmp_path):
-    r = run('demo', '--steps', '3', '--size', '32', '--out', tmp_path / 'out')
+    r = run('demo', '--steps', '3', '--size', '32', '--train-iters', '3', '--out', tmp_path / 'out')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'out'
-    assert {p.name for p in out.iterdir()} == {'demo.png', 'results.md', 'results.json'}
+    assert {p.name for p in out.iterdir()} == {'demo.png', 'results.md', 'results.json', 'phase1'}
+    assert MDFLoss.load(out / 'phase1' / 'loss.safetensors').meta['task'] == 'denoise'
     res = json.loads((out / 'results.json').read_text())['results']
-    assert set(res) == {'MDF (official SISR)', 'L2'}
+    assert set(res) == {'MDF (ours, quick denoise)', 'MDF (official SISR)', 'L2'}
     for r_ in res.values():
         assert len(r_['psnr_curve']) == 4 and r_['psnr_curve'][-1] > r_['psnr_curve'][0]
     assert 'wrote' in r.stdout and 'demo.png' in r.stdout
@@ -51,7 +52,7 @@ def test_debug_shows_traceback(tmp_path):
 
 
 def test_every_command_has_help():
-    for cmd in ('demo', 'convert-official'):
+    for cmd in ('demo', 'convert-official', 'train', 'experiment'):
         r = run(cmd, '--help'); assert r.returncode == 0 and 'usage: mdf-loss' in r.stdout
 
 

@@ -20,7 +20,6 @@ from mdf_loss.core import load_image, resize
 
 def _install_singan_stub():
     "The authors' two classes, as recorded in their pickles (their forward passes, verbatim in behaviour)."
-    if 'SinGAN.models' in sys.modules: return
     class ConvBlock(nn.Sequential): pass
     class WDiscriminator(nn.Module):
         def forward(self, x): return self.tail(self.body(self.head(x)))
@@ -32,8 +31,13 @@ def _install_singan_stub():
 
 
 def authors_modules(path):
+    saved = {k: sys.modules.get(k) for k in ('SinGAN', 'SinGAN.models')}
     _install_singan_stub()
-    return [d.eval() for d in torch.load(path, map_location='cpu', weights_only=False)]
+    try: return [d.eval() for d in torch.load(path, map_location='cpu', weights_only=False)]
+    finally:   # leave sys.modules as it was: other tests install their own stand-ins
+        for k, v in saved.items():
+            if v is None: sys.modules.pop(k, None)
+            else: sys.modules[k] = v
 
 
 def reference_loss(ds, x, y, num_scales):

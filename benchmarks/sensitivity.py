@@ -1,0 +1,87 @@
+"""Sensitivity (Spearman of loss vs distortion strength, per image) and task specificity (loss/MSE at matched PSNR)
+of MDF losses on images they never saw (CBSD68, CSet14). Prints JSON; --md writes a markdown report.
+
+    python benchmarks/sensitivity.py --losses official-sisr,official-jpeg,random --per-set 10 --size 128 \
+        --json benchmarks/results/sensitivity.json --md benchmarks/results/sensitivity.md
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mdf_loss import MDFLoss, __version__
+from mdf_loss.blocks import Discriminator, init_weights, width_schedule
+from mdf_loss.core import data_dir
+from mdf_loss.sensitivity import LADDERS, benchmark_crops, sensitivity, specificity_table, task_specificity
+
+
+def random_loss(seed=0):
+    "Untrained discriminators (SinGAN initialisation, BatchNorm statistics at their defaults): the control."
+    g = torch.Generator().manual_seed(seed)
+    ds = [Discriminator(w) for w in width_schedule(9)]
+    for d in ds: d.apply(lambda m: init_weights(m, g))
+    return MDFLoss([d.eval() for d in ds])
+
+
+def get_loss(spec):
+    if spec == 'random': return random_loss()
+    if spec == 'mse': return lambda a, b: F.mse_loss(a, b)
+    if spec.endswith('.safetensors') or os.path.sep in spec: return MDFLoss.load(spec)
+    return MDFLoss.from_pretrained(spec)
+
+
+def own_task(spec, loss):
+    meta = getattr(loss, 'meta', {}) or {}
+    return meta.get('task') if meta.get('task') in LADDERS else None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--losses', default='official-sisr,official-jpeg,random')
+    p.add_argument('--data', default=None, help='shared data folder (default: $MDF_LOSS_DATA or ../shared/data)')
+    p.add_argument('--per-set', type=int, default=10)
+    p.add_argument('--size', type=int, default=128)
+    p.add_argument('--psnr', type=float, default=27.0)
+    p.add_argument('--json', default=None); p.add_argument('--md', default=None)
+    a = p.parse_args(argv)
+    root = Path(a.data) if a.data else data_dir(required=True)
+    crops = benchmark_crops(root / 'benchmarks', per_set=a.per_set, size=a.size)
+    t0 = time.time()
+    losses = {s: get_loss(s) for s in a.losses.split(',')}
+    sens = {}
+    for name, fn in losses.items():
+        tasks = [own_task(name, fn)] if own_task(name, fn) else list(LADDERS)
+        sens[name] = {t: sensitivity(fn, crops, t) for t in tasks}
+    spec = task_specificity({**losses, 'mse': lambda x, y: F.mse_loss(x, y)}, crops, target=a.psnr)
+    out = dict(command='python ' + ' '.join([sys.argv[0], *(argv or sys.argv[1:])]),
+               date=datetime.datetime.now().isoformat(timespec='seconds'), machine=platform.processor() or platform.machine(),
+               cores=os.cpu_count(), torch=torch.__version__, mdf_loss=__version__, images=list(crops), size=a.size,
+               seconds=round(time.time() - t0, 1),
+               sensitivity={n: {t: dict(fraction_spearman_1=sum(r['spearman'] == 1.0 for r in rows) / len(rows),
+                                        per_image=rows) for t, rows in d.items()} for n, d in sens.items()},
+               specificity=spec)
+    print(json.dumps(out, indent=1))
+    if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
+    if a.md:
+        lines = [f"# Sensitivity and task specificity", '', f"Command: `{out['command']}`  ",
+                 f"Date: {out['date']}; machine: {out['machine']}, {out['cores']} cores; torch {out['torch']}; "
+                 f"{len(crops)} centre crops of {a.size} px from CBSD68 and CSet14; {out['seconds']} s.", '',
+                 '## Sensitivity: fraction of images whose loss rises strictly with strength (Spearman = 1)', '',
+                 '| loss | ' + ' | '.join(LADDERS) + ' |', '|---|' + '---|' * len(LADDERS)]
+        for n, d in out['sensitivity'].items():
+            lines.append(f'| {n} | ' + ' | '.join(f"{d[t]['fraction_spearman_1']:.2f}" if t in d else '' for t in LADDERS) + ' |')
+        lines += ['', f'## Task specificity: loss / MSE at a matched PSNR of about {a.psnr} dB (mean over images)', '',
+                  'Matched PSNR per distortion: ' + ', '.join(f'{t} {v:.2f} dB' for t, v in spec['_psnr'].items()), '',
+                  specificity_table(spec), '']
+        Path(a.md).write_text('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
