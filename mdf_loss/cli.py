@@ -19,8 +19,12 @@ def train_demo_loss(out: Path, iters: int = 200, seed: int = 0, progress: bool =
     cfg = TrainConfig.from_preset('quick', task='denoise', iters=iters, seed=seed)
     done = out/'loss.safetensors'
     if done.is_file(): return done
-    return train(cfg, out, resume=(out/'config.json').is_file(), progress=progress,
-                 command=f'mdf-loss demo (phase 1: quick preset, {iters} iterations per scale, seed {seed})')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # these tiny scales are launch-bound: more threads only contend (4x slower on a busy CPU)
+    try:
+        return train(cfg, out, resume=(out/'config.json').is_file(), progress=progress,
+                     command=f'mdf-loss demo (phase 1: quick preset, {iters} iterations per scale, seed {seed})')
+    finally: torch.set_num_threads(threads)
 
 def run_demo(out: Path | str = 'mdf_demo', steps: int = 40, size: int = 128, losses: dict | None = None,
              seed: int = 0, lr: float = 0.1, progress: bool = True, train_iters: int = 200) -> dict:

@@ -27,7 +27,7 @@ __all__ = ['NETWORK_SIZES', 'NETWORKS', 'TASK_SPECS', 'IMAGE_SUFFIXES', 'HIGHER_
            'DEFAULT_LOSSES', 'SELECT_BY', 'METRIC_LABELS', 'TIES', 'DnCNN', 'SRResNet', 'EDSR', 'make_network',
            'count_parameters', 'Task', 'get_task', 'modcrop', 'list_images', 'load_training_images', 'split_images',
            'step_generator', 'PatchSampler', 'load_checkpoint', 'train', 'center_crop', 'image_metrics', 'mean_metrics',
-           'TestImage', 'load_test_set', 'restore', 'pick_window', 'crop', 'figure_grid', 'machine_info',
+           'EvalImage', 'load_test_set', 'restore', 'pick_window', 'crop', 'figure_grid', 'machine_info',
            'check_experiment_args', 'results_markdown', 'mdf_summary', 'comparison_html', 'plan_runs', 'Experiment',
            'run_experiment', 'experiment_arguments', 'experiment_command', 'cli_experiment', 'pixel_comparison',
            'reference_curves', 'plot_psnr_curves']
@@ -325,20 +325,20 @@ def mean_metrics(per_image: dict[str, dict]) -> dict:
 
 # %% ../nbs/07_restoration.ipynb
 @dataclass
-class TestImage:
+class EvalImage:
     "One test image: its name, clean tensor and distorted input per variant."
     name: str
     clean: torch.Tensor
     inputs: dict
 
-def load_test_set(folder, task: Task, seed: int = 0, limit: int | None = None) -> list[TestImage]:
+def load_test_set(folder, task: Task, seed: int = 0, limit: int | None = None) -> list[EvalImage]:
     "The images of `folder` (the first `limit`), modcropped, with their distorted inputs for each variant of `task`."
     out = []
     for i, p in enumerate(list_images(folder, limit)):
         clean = modcrop(load_image(p), task.scale)
         if min(clean.shape[-2:]) < 4*task.scale: raise ValueError(f"test image {p} is too small ({tuple(clean.shape[-2:])})")
         inputs = {v: task.degrade(clean, v, torch.Generator().manual_seed(seed*1_000_003 + i)) for v, _ in task.variants}
-        out.append(TestImage(p.name, clean, inputs))
+        out.append(EvalImage(p.name, clean, inputs))
     return out
 
 def restore(model: nn.Module, x: torch.Tensor, device=None) -> torch.Tensor:
@@ -459,11 +459,11 @@ def check_experiment_args(task, losses, train_dir, test_dirs, preset, protocols,
 # %% ../nbs/07_restoration.ipynb
 SELECT_BY = ('haarpsi', 'ssim', 'psnr')  # validation crops are 96 px: too small for MS-SSIM
 
-def _validation_score(model, val: list[TestImage], variant_labels, select_by: str, shave: int = 0) -> float:
+def _validation_score(model, val: list[EvalImage], variant_labels, select_by: str, shave: int = 0) -> float:
     scores = [image_metrics(restore(model, im.inputs[v]), im.clean, shave)[select_by] for im in val for v in variant_labels]
     return float(np.mean(scores))
 
-def _validation_crops(images: list[torch.Tensor], task: Task, size: int, per_image: int, seed: int) -> list[TestImage]:
+def _validation_crops(images: list[torch.Tensor], task: Task, size: int, per_image: int, seed: int) -> list[EvalImage]:
     "Fixed `size` px crops of the validation images with their distorted inputs: what tuning scores."
     out, g = [], torch.Generator().manual_seed(seed + 7)
     size -= size % task.scale
@@ -473,7 +473,7 @@ def _validation_crops(images: list[torch.Tensor], task: Task, size: int, per_ima
             left = torch.randint(max(1, im.shape[-1] - size + 1), (1,), generator=g).item()
             clean = modcrop(im[None, :, top:top + size, left:left + size].float()/255, task.scale)
             gen = torch.Generator().manual_seed(seed*1_000_003 + 10_000 + i*per_image + j)
-            out.append(TestImage(f'val{i}-{j}', clean, {v: task.degrade(clean, v, gen) for v, _ in task.variants}))
+            out.append(EvalImage(f'val{i}-{j}', clean, {v: task.degrade(clean, v, gen) for v, _ in task.variants}))
     return out
 
 # %% ../nbs/07_restoration.ipynb
