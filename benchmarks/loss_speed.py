@@ -204,7 +204,7 @@ class LPIPSAlex(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 CPU_METHODS = ['reference', 'reference-frozen', 'folded-autograd', 'exact', 'exact-nchw', 'exact-batched', 'exact-bf16',
-               'exact-compile', 'pyramid', 'vgg16', 'lpips-alex']
+               'exact-compile', 'pyramid', 'exact-scales4', 'vgg16', 'lpips-alex']
 
 
 def build(method: str, num_scales: int, device) -> nn.Module:
@@ -216,6 +216,7 @@ def build(method: str, num_scales: int, device) -> nn.Module:
     if method == 'lpips-alex': return LPIPSAlex().to(device)
     kw = {'exact': {}, 'exact-bf16': dict(dtype=torch.bfloat16), 'exact-compile': dict(compile=True),
           'exact-bf16-compile': dict(dtype=torch.bfloat16, compile=True), 'pyramid': dict(mode='pyramid')}.get(method, {})
+    if method == 'exact-scales4': num_scales = min(num_scales, 4)  # fewer taps: the four coarsest-trained (narrowest) D_k
     crit = MDFLoss.from_pretrained(WEIGHTS, num_scales=num_scales, **kw).to(device)
     if method == 'folded-autograd': return FoldedAutograd(crit)
     if method == 'exact-nchw': return ManualMDF(crit, channels_last=False)

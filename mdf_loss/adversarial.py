@@ -597,6 +597,7 @@ def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--param', action='append', default=[], metavar='NAME=VALUE', help='custom: a parameter of your distortion (repeatable)')
     parser.add_argument('--device', help="'auto' (default), 'cpu', 'cuda', ...")
     parser.add_argument('--on-divergence', choices=DIVERGENCE_ACTIONS, help="'raise' (default) or 'restart' a diverged scale with a lower lr")
+    parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice; 1 is often faster on a busy machine)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser
 
@@ -642,7 +643,8 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
 def _command(args) -> str:
     "The canonical `mdf-loss train ...` line for `args`."
     parts = ['mdf-loss', 'train']
-    for name in ('task', 'image', 'preset', 'out', 'seed', 'iters', 'max_size', 'sigma', 'quality', 'factor', 'custom', 'device', 'on_divergence'):
+    for name in ('task', 'image', 'preset', 'out', 'seed', 'iters', 'max_size', 'sigma', 'quality', 'factor', 'custom', 'device', 'on_divergence',
+                 'threads'):
         v = getattr(args, name, None)
         if v is not None: parts += [f"--{name.replace('_', '-')}", str(v)]
     for p in getattr(args, 'param', None) or []: parts += ['--param', p]
@@ -652,6 +654,10 @@ def _command(args) -> str:
 def cli_train(args) -> int:
     "Run `mdf-loss train` from parsed arguments; returns the exit code."
     cfg, out = config_from_args(args)
+    threads = getattr(args, 'threads', None)
+    if threads is not None:
+        _need(threads >= 1, f"--threads must be a positive integer, got {threads}")
+        torch.set_num_threads(threads)
     print(f"mdf-loss train: task {cfg.task}, preset {cfg.preset}, {cfg.iters} iterations per scale, run folder {out}")
     custom = _load_function(args.custom) if cfg.task == 'custom' and getattr(args, 'custom', None) else None  # named by the caller
     path = train(cfg, out, resume=bool(getattr(args, 'resume', False)), progress=not getattr(args, 'no_progress', False),

@@ -117,7 +117,7 @@ class MDFLoss(nn.Module):
                  reduction: str = 'mean',  # 'mean' over the batch, 'sum', or 'none' for one value per image
                  scale_weights: Sequence[float] | None = None,  # one weight per used scale (default 1)
                  layer_weights: Sequence[float] | None = None,  # one weight per tap: head, body, tail (default 1)
-                 mode: str = 'exact',  # 'exact': the reference formula; 'pyramid': each D_k at its training scale (faster)
+                 mode: str = 'exact',  # 'exact': the reference formula; 'pyramid': each D_k at its training scale (faster, experimental)
                  meta: dict | None = None,  # description of how the discriminators were made (saved with them)
                  validate: bool = True,  # check input values (NaN/Inf, range); costs one host sync per call
                  dtype: torch.dtype | None = None,  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
@@ -135,7 +135,7 @@ class MDFLoss(nn.Module):
             raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, or None, got {dtype!r}")
         self.discriminators = nn.ModuleList(ds)
         self.num_scales, self.reduction, self.mode, self.validate = num_scales, reduction, mode, validate
-        self.dtype, self.compile = dtype, compile
+        self.dtype, self.compiled = dtype, compile  # not `self.compile`: that would hide nn.Module.compile
         self.meta = dict(meta or {})
         self.register_buffer('scale_weights', _weights(scale_weights, num_scales, 'scale_weights'), persistent=False)
         self.register_buffer('layer_weights', _weights(layer_weights, len(TAPS), 'layer_weights'), persistent=False)
@@ -227,7 +227,7 @@ class MDFLoss(nn.Module):
         return res.to(output.dtype)
 
     def extra_repr(self) -> str:
-        extra = ''.join(f', {k}={v!r}' for k, v in dict(dtype=self.dtype, compile=self.compile).items() if v)
+        extra = ''.join(f', {k}={v!r}' for k, v in dict(dtype=self.dtype, compile=self.compiled).items() if v)
         return (f"num_scales={self.num_scales}, available={len(self.discriminators)}, reduction={self.reduction!r}, "
                 f"mode={self.mode!r}, task={self.meta.get('task')!r}{extra}")
 

@@ -4,14 +4,17 @@
 
 # %% ../nbs/07_restoration.ipynb 3
 from __future__ import annotations
-import base64, datetime, html, io, itertools, json, math, os, platform, re, shlex, sys, time, warnings
+import base64, builtins, datetime, html, io, itertools, json, math, os, platform, re, shlex, sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure, peak_signal_noise_ratio,
                                            structural_similarity_index_measure)
@@ -26,11 +29,11 @@ from .baselines import (SWEEP_WEIGHTS, TASKS, find_weights, get_loss, loss_needs
 __all__ = ['NETWORK_SIZES', 'NETWORKS', 'TASK_SPECS', 'IMAGE_SUFFIXES', 'HIGHER_IS_BETTER', 'EXPERIMENT_PRESETS', 'PROTOCOLS',
            'DEFAULT_LOSSES', 'SELECT_BY', 'METRIC_LABELS', 'TIES', 'DnCNN', 'SRResNet', 'EDSR', 'make_network',
            'count_parameters', 'Task', 'get_task', 'modcrop', 'list_images', 'load_training_images', 'split_images',
-           'step_generator', 'PatchSampler', 'load_checkpoint', 'train', 'center_crop', 'image_metrics', 'mean_metrics',
-           'EvalImage', 'load_test_set', 'restore', 'pick_window', 'crop', 'figure_grid', 'machine_info',
-           'check_experiment_args', 'results_markdown', 'mdf_summary', 'comparison_html', 'plan_runs', 'Experiment',
-           'run_experiment', 'experiment_arguments', 'experiment_command', 'cli_experiment', 'pixel_comparison',
-           'reference_curves', 'plot_psnr_curves']
+           'step_generator', 'PatchSampler', 'dist_context', 'on_rank0', 'load_checkpoint', 'train', 'center_crop',
+           'image_metrics', 'mean_metrics', 'EvalImage', 'load_test_set', 'restore', 'pick_window', 'crop',
+           'figure_grid', 'machine_info', 'check_experiment_args', 'results_markdown', 'mdf_summary', 'comparison_html',
+           'plan_runs', 'Experiment', 'run_experiment', 'experiment_arguments', 'experiment_command',
+           'start_distributed', 'cli_experiment', 'pixel_comparison', 'reference_curves', 'plot_psnr_curves']
 
 # %% ../nbs/07_restoration.ipynb
 class DnCNN(nn.Module):
@@ -235,6 +238,29 @@ def _save_checkpoint(path, model, opt, step, history, tag, seconds):
                 'seconds': seconds}, buf)
     atomic_write_bytes(buf.getvalue(), path)
 
+def dist_context() -> tuple[int, int]:
+    "(rank, world size) of torch.distributed's default process group; (0, 1) when none is initialised."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def on_rank0(fn, rank: int = 0, world: int = 1):
+    "`fn()` run on rank 0 only and sent to every rank; an error there is raised on every rank instead of leaving them waiting."
+    if world == 1: return fn()
+    box = [None]
+    if rank == 0:
+        try: box = [('ok', fn())]
+        except Exception as e:
+            builtin = type(e).__module__ == 'builtins'
+            box = [('error', (type(e).__name__ if builtin else 'RuntimeError', f'{e}' if builtin else f'{type(e).__name__}: {e}'))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == 'error':
+        name, msg = value
+        try: err = getattr(builtins, name)(msg)
+        except Exception: err = RuntimeError(f'{name}: {msg}')
+        raise err
+    return value
+
 def load_checkpoint(path) -> dict:
     "A training checkpoint written by `train` (read with `weights_only=True`)."
     try: return torch.load(path, map_location='cpu', weights_only=True)
@@ -257,31 +283,47 @@ def train(model: nn.Module,
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not lr > 0: raise ValueError(f"lr must be positive, got {lr}")
     device = torch.device(device or 'cpu')
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rank, world = dist_context()
+    core = model.module if isinstance(model, DistributedDataParallel) else model  # what is saved and loaded
+    core.to(device).train()
+    opt = torch.optim.Adam(core.parameters(), lr=lr)
     tag = {**(tag or {}), 'steps': steps, 'lr': lr, 'lr_drop': lr_drop}
     start, history, before = 0, [], 0.
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        ck = load_checkpoint(checkpoint)
-        if ck.get('tag') != tag:
-            raise ValueError(f"checkpoint {checkpoint} was made with other settings ({ck.get('tag')} instead of {tag}); "
-                             "use another output folder or delete the checkpoint")
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer'])
-        start, history, before = ck['step'], ck['history'], ck.get('seconds', 0.)
-    t0, bar = time.perf_counter(), tqdm(range(start, steps), desc=desc, disable=not progress, leave=False)
+    if checkpoint is not None and resume:
+        ck = on_rank0(lambda: load_checkpoint(checkpoint) if Path(checkpoint).exists() else None, rank, world)
+        if ck is not None:
+            if ck.get('tag') != tag:
+                raise ValueError(f"checkpoint {checkpoint} was made with other settings ({ck.get('tag')} instead of {tag}); "
+                                 "use another output folder or delete the checkpoint")
+            core.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer'])
+            start, history, before = ck['step'], ck['history'], ck.get('seconds', 0.)
+    net = model
+    if world > 1 and not isinstance(model, DistributedDataParallel):  # after loading: DDP starts from rank 0's weights
+        net = DistributedDataParallel(core, device_ids=[device.index] if device.type == 'cuda' else None)
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress or rank != 0, leave=False)
     for step in bar:
         for grp in opt.param_groups: grp['lr'] = _lr_at(step, steps, lr, lr_drop)
         inp, target = sampler.batch(step)
-        loss = loss_fn(model(inp.to(device)), target.to(device))
-        value = loss.item()
+        if world > 1:  # this process's equal share of the step's batch
+            if len(inp) % world:
+                raise ValueError(f"a batch of {len(inp)} images cannot be shared equally by {world} processes; "
+                                 f"use a batch size that is a multiple of {world}")
+            mine = list(DistributedSampler(range(len(inp)), num_replicas=world, rank=rank, shuffle=False))
+            inp, target = inp[mine], target[mine]
+        loss = loss_fn(net(inp.to(device)), target.to(device))
+        value = loss.detach().clone()
+        if world > 1: dist.all_reduce(value); value /= world  # the whole batch's loss, the same on every rank
+        value = value.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: the loss became {value} at step {step}; try a lower learning rate")
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         history.append(value)
-        if progress: bar.set_postfix(loss=f'{value:.4g}', refresh=False)
+        if progress and rank == 0: bar.set_postfix(loss=f'{value:.4g}', refresh=False)
         if checkpoint is not None and ((step + 1) % every == 0 or step + 1 == steps):
-            _save_checkpoint(checkpoint, model, opt, step + 1, history, tag, before + time.perf_counter() - t0)
-    return {'history': history, 'steps_run': steps - start, 'seconds': before + time.perf_counter() - t0}
+            seconds = before + time.perf_counter() - t0
+            on_rank0(lambda: _save_checkpoint(checkpoint, core, opt, step + 1, history, tag, seconds), rank, world)
+    return {'history': history, 'steps_run': steps - start, 'seconds': before + time.perf_counter() - t0, 'processes': world}
 
 # %% ../nbs/07_restoration.ipynb
 def _haarpsi():
@@ -491,7 +533,8 @@ def results_markdown(res: dict) -> str:
     cfg = res['config']
     lines = [f"# Restoration experiment: {res['task']} ({res['preset']} preset)", '',
              f"- command: `{res['command']}`", f"- date: {res['date']}, seed {res['seed']}, total {res['seconds']:.0f} s",
-             f"- machine: {res['machine']['processor']}, {res['machine']['cpu_count']} CPUs, {res['machine']['torch_threads']} torch threads, device {res['machine']['device']}",
+             f"- machine: {res['machine']['processor']}, {res['machine']['cpu_count']} CPUs, {res['machine']['torch_threads']} torch threads, device {res['machine']['device']}"
+             + (f", {res['machine']['processes']} processes (DDP)" if res['machine'].get('processes', 1) > 1 else ''),
              f"- versions: " + ', '.join(f'{k} {v}' for k, v in res['versions'].items()),
              f"- training: {cfg['steps']} steps, batch {cfg['batch']} of {cfg['patch']} px patches, Adam lr {cfg['lr']}, "
              f"{cfg['train_images']} training images (scaled by {cfg['train_scale']}), networks {', '.join(f'{n} ({p:,} parameters)' for n, p in cfg['parameters'].items())}",
@@ -713,15 +756,18 @@ class Experiment:
             cand.update(model=model, seconds=info['seconds'], final_loss=float(np.mean(hist[-max(1, len(hist)//10):])),
                         history=hist[::max(1, len(hist)//100)])
             if len(weights)*len(self.lrs) > 1:
-                cand['score'] = _validation_score(model, self.val, self.variants, self.select_by, self.shave)
+                cand['score'] = on_rank0(lambda: _validation_score(model, self.val, self.variants, self.select_by, self.shave),
+                                         *dist_context())  # scored once, so that every process picks the same run
             cands.append(cand)
         return cands
 
     def run(self) -> dict:
         "Train and evaluate every run; write results.json, results.md, the figure grids (and the HTML page)."
         t0 = time.perf_counter()
+        rank, world = dist_context()  # under torchrun every process trains; rank 0 alone evaluates and writes
+        lead = rank == 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        inputs = self.evaluate(None)
+        inputs = self.evaluate(None) if lead else {}
         tables = {n: {k: [{'run': 'input', 'mean': e['mean'], 'seconds': None}] for k, e in inputs.items()} for n in self.networks}
         runs, params, sweeps = [], {}, dict(self.sweep_info)
         for network in self.networks:
@@ -739,17 +785,23 @@ class Experiment:
                             'candidates': [{k: c.get(k) for k in ('weight', 'lr', 'score', 'final_loss', 'error')} for c in cands]}
                     run = {'network': network, 'run': best['loss'], 'loss': loss_name, 'protocol': protocol,
                            'weight': best['weight'], 'lr': best['lr'], 'steps': self.cfg['steps'], 'seconds': best['seconds'],
-                           'final_loss': best['final_loss'], 'history': best['history'], 'eval': self.evaluate(best['model'])}
+                           'final_loss': best['final_loss'], 'history': best['history'],
+                           'eval': self.evaluate(best['model']) if lead else {}}
                     for k, e in run['eval'].items():
                         tables[network][k].append({'run': run['run'], 'protocol': protocol, 'weight': best['weight'],
                                                    'lr': best['lr'], 'mean': e['mean'], 'seconds': best['seconds']})
                     column = run['run'] if len(self.protocols) == 1 else f"{run['run']} [{protocol}]"
-                    for row in self.fig_rows:
+                    for row in (self.fig_rows if lead else []):
                         name, v = row['key']
                         out = restore(best['model'], self.tests[name][0].inputs[v], self.device)
                         row['runs'].setdefault(network, {})[column] = crop(out, row['window'], row['size'])
                     runs.append(run)
+        return on_rank0(lambda: self._finish(t0, world, inputs, runs, tables, params, sweeps), rank, world)
+
+    def _finish(self, t0, world, inputs, runs, tables, params, sweeps) -> dict:
+        "The results of `run`, written to the output folder (by rank 0 only under torchrun)."
         info = machine_info(self.device)
+        info['machine']['processes'] = world
         res = {'task': self.task, 'preset': self.preset, 'seed': self.seed, 'command': self.command,
                'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'), **info,
                'config': {**self.cfg, 'train_images': len(self.train_paths), 'validation_images': len(self.val_paths),
@@ -856,17 +908,37 @@ def experiment_command(args) -> str:
     parts += [f'--{f}' for f in ('sweep', 'html') if getattr(args, f, False)]
     return shlex.join(parts)
 
+def start_distributed(device=None) -> tuple[bool, str | None]:
+    "Under torchrun (WORLD_SIZE > 1), join the process group: gloo on CPU, nccl on GPUs, one GPU per local rank."
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1 or (dist.is_available() and dist.is_initialized()): return False, device
+    if not dist.is_available(): raise RuntimeError("WORLD_SIZE is set but this torch build has no torch.distributed")
+    if device is not None and torch.device(device).type == 'cuda':
+        local = int(os.environ.get('LOCAL_RANK', '0'))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                             "start at most that many processes per node (--nproc-per-node)")
+        torch.cuda.set_device(local); device = f'cuda:{local}'
+        dist.init_process_group('nccl')
+    else: dist.init_process_group('gloo')
+    return True, device
+
 def cli_experiment(args) -> int:
     "Run `mdf-loss experiment` from parsed `args`; print the table; returns the exit code."
     if args.threads is not None:
         if args.threads < 1: raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     paths = {k: v for k, v in {'vgg16': args.vgg16_weights, 'alexnet': args.alexnet_weights, 'lpips-alex': args.lpips_weights}.items() if v}
-    res = run_experiment(args.task, args.losses, args.train, args.test, args.preset, args.out, args.seed, args.steps,
-                         _csv(args.networks, what='--networks'), args.protocol, args.sweep,
-                         _csv(args.lr_grid, float, '--lr-grid'), args.select_by, args.html, args.mdf_weights, paths,
-                         args.max_train_images, args.max_test_images, args.device, not args.no_progress,
-                         experiment_command(args))
+    started, device = start_distributed(args.device)
+    try:
+        res = run_experiment(args.task, args.losses, args.train, args.test, args.preset, args.out, args.seed, args.steps,
+                             _csv(args.networks, what='--networks'), args.protocol, args.sweep,
+                             _csv(args.lr_grid, float, '--lr-grid'), args.select_by, args.html, args.mdf_weights, paths,
+                             args.max_train_images, args.max_test_images, device, not args.no_progress,
+                             experiment_command(args))
+    finally:
+        if started: dist.destroy_process_group()
+    if dist_context()[0] != 0 or int(os.environ.get('RANK', '0')) != 0: return 0  # rank 0 reports for all
     print((Path(args.out)/'results.md').read_text())
     written = ['results.json', 'results.md'] + [f['grid'] for f in res['figures']] + [f['html'] for f in res['figures'] if 'html' in f]
     print(f"wrote {', '.join(str(Path(args.out)/w) for w in written)} in {res['seconds']:.0f} s")

@@ -33,15 +33,6 @@ def shard(n, rank, world):
     return list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
 
 
-class ShardedPatches:
-    "The restoration PatchSampler's batch of each step, cut to this rank's share by a DistributedSampler."
-    def __init__(self, sampler, rank, world): self.sampler, self.rank, self.world = sampler, rank, world
-    def batch(self, step):
-        inp, target = self.sampler.batch(step)
-        idx = shard(len(inp), self.rank, self.world)
-        return inp[idx], target[idx]
-
-
 def main(out: Path):
     dist.init_process_group('gloo')
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -77,13 +68,31 @@ def main(out: Path):
     wrapped(x[idx], y[idx]).backward()
     grads2 = [p.grad.clone() for p in wrapped.module.net.parameters()]
 
-    # 3. the restoration trainer: DDP model, each step's batch split by a DistributedSampler, checkpoints from rank 0
+    # 3. the restoration trainer's own DDP: it wraps the model, shares each step's batch out with a DistributedSampler,
+    #    averages the logged loss, and checkpoints from rank 0. Interrupted after 4 steps on both ranks, then resumed
+    #    from rank 0's checkpoint into fresh weights.
     from mdf_loss import restoration as R
-    net, loss_fn, sampler = restoration_setup()
-    ddp_net = DDP(net)
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 6
-    R.train(ddp_net, loss_fn, ShardedPatches(sampler, rank, world), steps, lr=1e-3,
-            checkpoint=str(out/'restoration.pt') if rank == 0 else None, every=3, progress=False)
+    ck = str(out/'restoration.pt')  # the same path on every rank: only rank 0 writes and reads it
+
+    class Stop(Exception): pass
+    first, loss_fn, sampler = restoration_setup()
+    calls = [0]
+    def stop_after_4(o, t):
+        if calls[0] == 4: raise Stop
+        calls[0] += 1
+        return loss_fn(o, t)
+    try: R.train(first, stop_after_4, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
+    except Stop: pass
+    net, _, _ = restoration_setup(seed=123)  # other starting weights: everything must come from the checkpoint
+    seen = []  # images per step on this rank: the batch of 4, shared out
+    def counting(o, t):
+        seen.append(len(o))
+        return loss_fn(o, t)
+    info = R.train(net, counting, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
+    report['resumed_steps_run'], report['processes'], report['history'] = info['steps_run'], info['processes'], info['history']
+    report['local_batches'] = sorted(set(seen))
+    ddp_net = net
     ddp_net.eval()
     with torch.no_grad():
         inp, target = sampler.batch(10_000)   # a held-out batch: a step the training never drew

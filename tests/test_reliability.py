@@ -1098,23 +1098,69 @@ def test_ddp_mdfloss_unchanged_and_gradients_match_one_process(ddp_run):
 
 @pytest.mark.skipif(not _has('mdf_loss.restoration'), reason='the restoration trainer is not there yet')
 def test_ddp_restoration_trainer_matches_one_process(ddp_run):
-    "The restoration trainer with a DDP model and a DistributedSampler over each step's batch: one process's weights and metrics."
+    """The restoration trainer's native DDP over 2 processes (interrupted after 4 of 6 steps, resumed from rank 0's
+    checkpoint into other starting weights) ends with one uninterrupted process's weights, loss history and metrics."""
     from mdf_loss import restoration as R
     from reliability_workers import restoration_setup
     report, tensors, seconds = ddp_run
+    assert report['processes'] == 2 and report['resumed_steps_run'] == 3
+    assert report['local_batches'] == [2]  # each process trained on half of each step's batch of 4
     net, loss_fn, sampler = restoration_setup()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        R.train(net, loss_fn, sampler, 6, lr=1e-3, progress=False)
+        info = R.train(net, loss_fn, sampler, 6, lr=1e-3, progress=False)
         net.eval()
         with torch.no_grad():
             inp, target = sampler.batch(10_000)
             metrics = R.image_metrics(net(inp), target)
+    assert info['processes'] == 1
+    assert report['history'] == pytest.approx(info['history'], rel=1e-5)
     for k, v in net.state_dict().items():
         torch.testing.assert_close(tensors[f'restoration.{k}'], v, rtol=1e-4, atol=1e-6)
     for k, v in metrics.items():
         if v is not None: assert report['metrics'][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     print(f'\nDDP (2 processes) restoration metrics {report["metrics"]}; one process {metrics}; torchrun took {seconds:.1f} s')
+
+
+def _experiment_folders(root: Path) -> tuple[Path, Path]:
+    "Training and test folders cut from the bundled photo."
+    from mdf_loss.core import bundled_image_path, load_image, to_pil
+    photo = load_image(bundled_image_path())
+    for name, size, spots in [('train', 64, [(0, 0), (200, 300), (100, 50)]), ('test', 48, [(100, 100), (300, 400)])]:
+        (root/name).mkdir()
+        for i, (t, l) in enumerate(spots): to_pil(photo[..., t:t + size, l:l + size]).save(root/name/f'{name}{i}.png')
+    return root/'train', root/'test'
+
+
+@pytest.mark.skipif(not _has('mdf_loss.restoration'), reason='the restoration trainer is not there yet')
+def test_ddp_experiment_matches_one_process(tmp_path):
+    """`torchrun --nproc-per-node=2 --no-python mdf-loss experiment ...` (gloo, 127.0.0.1) writes the results one process
+    writes: the same learning rates chosen on the validation split, and the same test metrics to round-off."""
+    train_dir, test_dir = _experiment_folders(tmp_path)
+    exe = shutil.which('mdf-loss', path=str(Path(sys.executable).parent)) or shutil.which('mdf-loss')
+    assert exe, 'the mdf-loss console script is not installed'
+    args = ['experiment', '--task', 'denoise', '--losses', 'l1,mdf-official', '--train', str(train_dir), '--test', str(test_dir),
+            '--preset', 'smoke', '--steps', '4', '--lr-grid', '0.001,0.01', '--threads', '1', '--no-progress']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    one = subprocess.run([exe, *args, '--out', str(tmp_path/'one')], capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc-per-node=2', '--rdzv-backend=static',
+                          '--master-addr=127.0.0.1', f'--master-port={_free_port()}', '--no-python', exe, *args,
+                          '--out', str(tmp_path/'two')], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert two.stdout.count('wrote ') == 1, two.stdout  # rank 0 alone reports
+    a, b = (json.loads((tmp_path/d/'results.json').read_text()) for d in ('one', 'two'))
+    assert a['machine']['processes'] == 1 and b['machine']['processes'] == 2
+    assert '2 processes (DDP)' in (tmp_path/'two'/'results.md').read_text()
+    assert [(r['run'], r['lr']) for r in a['runs']] == [(r['run'], r['lr']) for r in b['runs']]
+    for ra, rb in zip(a['runs'], b['runs']):
+        assert rb['history'] == pytest.approx(ra['history'], rel=1e-4, abs=1e-7), ra['run']
+        for key, ea in ra['eval'].items():
+            for metric, v in ea['mean'].items():
+                if v is not None: assert rb['eval'][key]['mean'][metric] == pytest.approx(v, rel=1e-4, abs=1e-6), (ra['run'], metric)
+    for ca, cb in zip(a['sweep'].values(), b['sweep'].values()):
+        if ca.get('run'):
+            assert [c['score'] for c in cb['candidates']] == pytest.approx([c['score'] for c in ca['candidates']], rel=1e-4)
 
 
 def test_autocast_bfloat16():
