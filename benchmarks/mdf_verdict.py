@@ -3,7 +3,9 @@
 Reads the `results.json` files that `mdf-loss experiment` wrote (one or more per task: plain, `--protocol finetune
 --sweep`, `--lr-grid ...`) and compares every MDF run with the L1 run of the same file, network and protocol, that
 is with the same steps, seeds and data. Margins are averaged over the test sets (and JPEG qualities); the range
-over them is given too. The best protocol of an MDF loss is the one with the highest mean PSNR margin.
+over them is given too. The best protocol of an MDF loss is the one with the highest mean PSNR margin, found
+separately for MDF as the main loss (alone, from scratch or fine-tuning) and for L1 + w * MDF (where a tiny w makes
+the run nearly L1).
 
     python benchmarks/mdf_verdict.py benchmarks/results/restoration_*.json --out benchmarks/results/mdf_verdict
 
@@ -53,6 +55,7 @@ def collect(paths):
                            for m in METRICS}
                 any_row = next(iter(per_key.values()))
                 out.append({'task': res['task'], 'network': network, 'loss': fam, 'run': run, 'protocol': proto,
+                            'kind': 'l1+w*mdf' if run.startswith('l1+') else 'alone',
                             'setting': setting(res, any_row, path), 'lr': any_row.get('lr'), 'weight': any_row.get('weight'),
                             'l1_lr': next(iter(l1.values())).get('lr'), 'source': str(path), 'command': res['command'],
                             'steps': res['config']['steps'], 'seed': res['seed'],
@@ -72,29 +75,29 @@ def verdict(margin: dict) -> str:
 
 
 def best(rows):
-    "Per (task, network, MDF loss): the row with the highest mean PSNR margin."
+    "Per (task, network, MDF loss, kind): the row with the highest mean PSNR margin; kind is MDF alone or L1 + w*MDF."
     top = {}
     for r in rows:
-        k = (r['task'], r['network'], r['loss'])
+        k = (r['task'], r['network'], r['loss'], r['kind'])
         if k not in top or r['mean']['psnr'] > top[k]['mean']['psnr']: top[k] = r
     return [top[k] for k in sorted(top)]
 
 
-def markdown(rows, bests) -> str:
+def markdown(rows, bests, command: str = '') -> str:
     fmt = {'psnr': '{:+.2f}', 'ssim': '{:+.4f}', 'haarpsi': '{:+.4f}'}
     def cell(r, m):
         if m not in r['mean']: return 'n/a'
         lo, hi = r['range'][m]
         return f"{fmt[m].format(r['mean'][m])} ({fmt[m].format(lo)} to {fmt[m].format(hi)})"
-    lines = ['# MDF against L1: the best protocol per task', '',
+    lines = ['# MDF against L1: the best protocol per task', '', f'Made by `{command}`.', '',
              'Margins are MDF minus L1, trained with the same steps, seeds and data (same results file, network and',
              'protocol), averaged over the test sets; the range over the sets is in brackets. Ties: |PSNR| <= 0.05 dB,',
              '|SSIM|, |HaarPSI| <= 0.001.', '',
              '## Best protocol of each MDF loss', '',
-             '| task | network | MDF loss | best protocol | run | lr | PSNR (dB) | SSIM | HaarPSI | verdict |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             '| task | network | MDF loss | used as | best protocol | run | lr | PSNR (dB) | SSIM | HaarPSI | verdict |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in bests:
-        lines.append(f"| {r['task']} | {r['network']} | {r['loss']} | {r['setting']} | `{r['run']}` | {r['lr']:g} | "
+        lines.append(f"| {r['task']} | {r['network']} | {r['loss']} | {r['kind']} | {r['setting']} | `{r['run']}` | {r['lr']:g} | "
                      f"{cell(r, 'psnr')} | {cell(r, 'ssim')} | {cell(r, 'haarpsi')} | {verdict(r['mean'])} |")
     lines += ['', '## Every MDF run', '', '| task | network | MDF loss | protocol | run | lr | PSNR (dB) | SSIM | HaarPSI |',
               '|---|---|---|---|---|---|---|---|---|']
@@ -122,7 +125,7 @@ def main(argv=None):
     print(text)
     if args.out:
         Path(args.out).with_suffix('.json').write_text(text + '\n')
-        Path(args.out).with_suffix('.md').write_text(markdown(rows, report['best']))
+        Path(args.out).with_suffix('.md').write_text(markdown(rows, report['best'], report['command']))
 
 
 if __name__ == '__main__':
