@@ -27,13 +27,17 @@ def family(run: str) -> str | None:
     return None
 
 
+def lr_tuned(res: dict) -> bool:
+    "Whether the experiment chose learning rates from a grid."
+    return len({c['lr'] for s in res.get('sweep', {}).values() if isinstance(s, dict) and s.get('run')
+                for c in s.get('candidates', [])}) > 1
+
+
 def setting(res: dict, row: dict, source: str) -> str:
     "A human name for how a run was trained."
     proto = row.get('protocol') or 'scratch'
     kind = 'l1+w*mdf' if row['run'].startswith('l1+') else 'alone'
-    tuned = len({c['lr'] for s in res.get('sweep', {}).values() if isinstance(s, dict) and s.get('run')
-                 for c in s.get('candidates', [])}) > 1
-    return f"{proto}, {kind}{', lr tuned' if tuned else ''} ({Path(source).stem})"
+    return f"{proto}, {kind}{', lr tuned' if lr_tuned(res) else ''} ({Path(source).stem})"
 
 
 def collect(paths):
@@ -58,10 +62,26 @@ def collect(paths):
                             'kind': 'l1+w*mdf' if run.startswith('l1+') else 'alone',
                             'setting': setting(res, any_row, path), 'lr': any_row.get('lr'), 'weight': any_row.get('weight'),
                             'l1_lr': next(iter(l1.values())).get('lr'), 'source': str(path), 'command': res['command'],
-                            'steps': res['config']['steps'], 'seed': res['seed'],
+                            'steps': res['config']['steps'], 'seed': res['seed'], 'tuned': lr_tuned(res),
                             'mean': {m: sum(v)/len(v) for m, v in margins.items() if v},
                             'range': {m: [min(v), max(v)] for m, v in margins.items() if v},
                             'sets': sorted(per_key)})
+    return out
+
+
+def across_seeds(rows) -> list[dict]:
+    "MDF runs trained the same way with several seeds: each seed's mean margins, and their mean, min and max."
+    groups = {}
+    for r in rows:
+        key = (r['task'], r['network'], r['loss'], r['run'], r['protocol'], r['tuned'])
+        groups.setdefault(key, {}).setdefault(r['seed'], r['mean'])
+    out = []
+    for (task, network, loss, run, protocol, tuned), by_seed in sorted(groups.items()):
+        if len(by_seed) < 2: continue
+        summary = {m: {'mean': sum(v[m] for v in by_seed.values())/len(by_seed), 'min': min(v[m] for v in by_seed.values()),
+                       'max': max(v[m] for v in by_seed.values())} for m in METRICS if all(m in v for v in by_seed.values())}
+        out.append({'task': task, 'network': network, 'loss': loss, 'run': run, 'protocol': protocol, 'tuned': tuned,
+                    'seeds': sorted(by_seed), 'per_seed': {str(k): v for k, v in sorted(by_seed.items())}, 'summary': summary})
     return out
 
 
@@ -83,7 +103,7 @@ def best(rows):
     return [top[k] for k in sorted(top)]
 
 
-def markdown(rows, bests, command: str = '') -> str:
+def markdown(rows, bests, command: str = '', seeds=()) -> str:
     fmt = {'psnr': '{:+.2f}', 'ssim': '{:+.4f}', 'haarpsi': '{:+.4f}'}
     def cell(r, m):
         if m not in r['mean']: return 'n/a'
@@ -104,6 +124,18 @@ def markdown(rows, bests, command: str = '') -> str:
     for r in sorted(rows, key=lambda r: (r['task'], r['network'], r['loss'], -r['mean']['psnr'])):
         lines.append(f"| {r['task']} | {r['network']} | {r['loss']} | {r['setting']} | `{r['run']}` | {r['lr']:g} | "
                      f"{cell(r, 'psnr')} | {cell(r, 'ssim')} | {cell(r, 'haarpsi')} |")
+    if seeds:
+        lines += ['', '## Across seeds', '', 'Mean margin over the test sets for each seed; then the mean and the range over seeds.', '',
+                  '| task | network | MDF loss | protocol | run | seeds | PSNR (dB) | SSIM | HaarPSI |', '|---|---|---|---|---|---|---|---|---|']
+        for g in seeds:
+            cells = []
+            for m in METRICS:
+                if m not in g['summary']: cells.append('n/a'); continue
+                f, v = fmt[m], g['summary'][m]
+                per = ', '.join(f.format(g['per_seed'][str(s)][m]) for s in g['seeds'])
+                cells.append(f"{f.format(v['mean'])} ({per})")
+            lines.append(f"| {g['task']} | {g['network']} | {g['loss']} | {g['protocol']}{', lr tuned' if g['tuned'] else ''} | "
+                         f"`{g['run']}` | {', '.join(map(str, g['seeds']))} | " + ' | '.join(cells) + ' |')
     lines += ['', '## Commands', '']
     for c in sorted({(r['source'], r['command']) for r in rows}):
         lines.append(f'- `{Path(c[0]).name}`: `{c[1]}`')
@@ -120,12 +152,12 @@ def main(argv=None):
     rows = collect(args.results)
     if not rows: ap.error('no MDF run with an L1 run beside it in these files')
     report = {'command': 'python benchmarks/mdf_verdict.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-              'best': best(rows), 'runs': rows}
+              'best': best(rows), 'across_seeds': across_seeds(rows), 'runs': rows}
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
         Path(args.out).with_suffix('.json').write_text(text + '\n')
-        Path(args.out).with_suffix('.md').write_text(markdown(rows, report['best'], report['command']))
+        Path(args.out).with_suffix('.md').write_text(markdown(rows, report['best'], report['command'], report['across_seeds']))
 
 
 if __name__ == '__main__':

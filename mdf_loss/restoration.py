@@ -311,7 +311,11 @@ def train(model: nn.Module,
                                  f"use a batch size that is a multiple of {world}")
             mine = list(DistributedSampler(range(len(inp)), num_replicas=world, rank=rank, shuffle=False))
             inp, target = inp[mine], target[mine]
-        loss = loss_fn(net(inp.to(device)), target.to(device))
+        try: loss = loss_fn(net(inp.to(device)), target.to(device))
+        except ValueError as e:  # e.g. the loss's input check refusing an output that has run off to 5 or NaN
+            if step == start: raise  # refused from the first batch on: a setting to fix, not a divergence
+            raise FloatingPointError(f"{desc}: the training diverged at step {step}: the loss refused the network's output "
+                                     f"({e}); try a lower learning rate") from e
         value = loss.detach().clone()
         if world > 1: dist.all_reduce(value); value /= world  # the whole batch's loss, the same on every rank
         value = value.item()

@@ -30,14 +30,14 @@ def test_loss_speed_compares_exact_with_the_reference_in_one_process(tmp_path):
     assert json.loads((tmp_path / 'speed.json').read_text()) == out
 
 
-def _results(task: str, rows: dict, protocol: str = 'scratch') -> dict:
+def _results(task: str, rows: dict, protocol: str = 'scratch', seed: int = 0) -> dict:
     "A minimal results.json: one network, two test sets, `rows` = {run: (psnr, ssim, haarpsi) per set}."
     tables = {'net': {s: [{'run': 'input', 'mean': {'psnr': 20., 'ssim': .5, 'haarpsi': .6}}] for s in ('A', 'B')}}
     for run_name, per_set in rows.items():
         for s, (p, q, h) in zip(('A', 'B'), per_set):
             tables['net'][s].append({'run': run_name, 'protocol': protocol, 'lr': 1e-3, 'weight': None,
                                      'mean': {'psnr': p, 'ssim': q, 'haarpsi': h, 'msssim': None}})
-    return {'task': task, 'seed': 0, 'command': f'mdf-loss experiment --task {task}', 'config': {'steps': 10},
+    return {'task': task, 'seed': seed, 'command': f'mdf-loss experiment --task {task}', 'config': {'steps': 10},
             'sweep': {}, 'tables': tables}
 
 
@@ -69,3 +69,16 @@ def test_mdf_verdict_refuses_files_without_l1(tmp_path):
     assert r.returncode == 2 and 'no MDF run with an L1 run beside it' in r.stderr
     r = subprocess.run([sys.executable, str(BENCH / 'mdf_verdict.py'), str(tmp_path / 'missing.json')], capture_output=True, text=True)
     assert r.returncode == 2 and 'no such results file' in r.stderr
+
+
+def test_mdf_verdict_across_seeds(tmp_path):
+    paths = []
+    for seed, gain in ((0, .004), (1, .002), (2, -.001)):
+        res = _results('sisr', {'l1': [(27, .78, .78), (25, .72, .72)], 'mdf-official': [(26.9, .74, .78 + gain), (24.9, .70, .72 + gain)]}, seed=seed)
+        paths.append(tmp_path / f's{seed}.json'); paths[-1].write_text(json.dumps(res))
+    out = run('mdf_verdict.py', *map(str, paths), '--out', str(tmp_path / 'v'))
+    (g,) = out['across_seeds']
+    assert g['seeds'] == [0, 1, 2] and g['run'] == 'mdf-official'
+    assert g['summary']['haarpsi']['mean'] == pytest.approx(0.005/3)
+    assert g['summary']['haarpsi']['min'] == pytest.approx(-0.001) and g['summary']['psnr']['max'] == pytest.approx(-0.1)
+    assert '## Across seeds' in (tmp_path / 'v.md').read_text()
