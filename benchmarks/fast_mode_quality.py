@@ -30,7 +30,7 @@ from mdf_loss.restoration import (EXPERIMENT_PRESETS, PatchSampler, get_task, im
                                   load_training_images, make_network, restore, train)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loss_speed import machine  # noqa: E402
+from loss_speed import machine, report  # noqa: E402
 
 TEST_SETS = ('CBSD68', 'CSet14')
 PSNR_BAR, SSIM_BAR = 0.1, 0.005
@@ -110,12 +110,7 @@ def main(argv=None):
     res['passes'] = {mode: bool(v) and all(d['within_bar'] for d in v.values()) for mode, v in verdicts.items()}
     res['bar'] = f'at most {PSNR_BAR} dB PSNR and {SSIM_BAR} SSIM below exact on every test set'
     res['machine'] = machine()
-    res['load_average_end'] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + '\n')
+    report(res, a.out)
 
 
 if __name__ == '__main__':

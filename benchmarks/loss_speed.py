@@ -333,6 +333,16 @@ def machine() -> dict:
     return info
 
 
+def report(res: dict, out: str | None = None) -> None:
+    "Finish a benchmark's result: the load average at its end; print it as JSON, and also write it to `out`."
+    res['load_average_end'] = os.getloadavg()
+    text = json.dumps(res, indent=1)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + '\n')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--out', help='also write the JSON here')
@@ -364,12 +374,7 @@ def main(argv=None):
         print(f'batch {batch}, {size} x {size} px', file=sys.stderr, flush=True)
         res['configs'][f'{batch}x{size}'] = run_config(methods, batch, size, a.num_scales, device, a.repeats,
                                                         a.threads or torch.get_num_threads(), not a.no_memory)
-    res['load_average_end'] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + '\n')
+    report(res, a.out)
 
 
 if __name__ == '__main__':

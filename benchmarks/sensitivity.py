@@ -70,7 +70,7 @@ def main(argv=None):
     print(json.dumps(out, indent=1))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
     if a.md:
-        lines = [f"# Sensitivity and task specificity", '', f"Command: `{out['command']}`  ",
+        lines = ["# Sensitivity and task specificity", '', f"Command: `{out['command']}`  ",
                  f"Date: {out['date']}; machine: {out['machine']}, {out['cores']} cores; torch {out['torch']}; "
                  f"{len(crops)} centre crops of {a.size} px from CBSD68 and CSet14; {out['seconds']} s.", '',
                  '## Sensitivity: fraction of images whose loss rises strictly with strength (Spearman = 1)', '',

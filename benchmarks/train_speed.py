@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ from mdf_loss.blocks import Discriminator, Generator, width_schedule, init_weigh
 from mdf_loss.core import bundled_image_path, load_image, resize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loss_speed import machine  # noqa: E402
+from loss_speed import machine, report  # noqa: E402
 
 
 def run(preset: str, device: str, iters: int | None) -> dict:
@@ -119,12 +118,7 @@ def main(argv=None):
         if a.threads: torch.set_num_threads(int(a.threads))
         res['run'] = run(preset, device, a.iters)
     res['machine'] = machine()
-    res['load_average_end'] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + '\n')
+    report(res, a.out)
 
 
 if __name__ == '__main__':

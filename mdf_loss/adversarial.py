@@ -529,7 +529,6 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
     _trim_log(log_path, first)
     if pyr.z_opt is None: pyr.z_opt = pyr.noise(0, 1.0, scale_generator(cfg.seed, 0, 'z_opt'))
 
-    t_run = time.perf_counter()
     outer = tqdm(total=len(sizes), initial=first, desc=f'phase 1 ({cfg.task})', unit='scale', disable=not progress)
     try:
         for k in range(first, len(sizes)):

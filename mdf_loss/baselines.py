@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
                                            structural_similarity_index_measure)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb 3
 from __future__ import annotations
-import argparse, json, sys, time, warnings
+import argparse, json, sys, time
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ def run_demo(out: Path | str = 'mdf_demo', steps: int = 40, size: int = 128, los
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-    from mdf_loss.core import load_image, bundled_image_path, seed_everything, save_image
+    from mdf_loss.core import load_image, bundled_image_path, seed_everything
     from mdf_loss.loss import MDFLoss, pixel_optimisation
     if steps < 1: raise ValueError(f"--steps must be at least 1, got {steps}")
     if size < 16: raise ValueError(f"--size must be at least 16 pixels, got {size}")
@@ -88,7 +88,7 @@ def cli_demo(args) -> int:
         print(f"mdf-loss demo: phase 1, training a denoising loss on {bundled_image_path().name} "
               f"({args.train_iters} iterations per scale) in {args.out/'phase1'}")
     print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps per loss")
-    res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)
+    run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)
     print(Path(args.out/'results.md').read_text())
     print(f"wrote {args.out/'demo.png'}, {args.out/'results.md'} and {args.out/'results.json'}" +
           (f"; the trained loss is {args.out/'phase1'/'loss.safetensors'}" if args.train_iters else ''))

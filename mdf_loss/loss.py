@@ -5,6 +5,7 @@
 # %% ../nbs/04_loss.ipynb 3
 from __future__ import annotations
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -251,7 +252,7 @@ class MDFLoss(nn.Module):
         from mdf_loss.weights import available
         return available()
 
-    def save(self, path) -> 'Path':
+    def save(self, path) -> Path:
         "Write every discriminator and `self.meta` to one `.safetensors` file, atomically."
         from mdf_loss.weights import write_weights
         return write_weights(list(self.discriminators), path, self.meta)

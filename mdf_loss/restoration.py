@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_restoration.ipynb 3
 from __future__ import annotations
-import base64, builtins, datetime, html, io, itertools, json, math, os, platform, re, shlex, sys, time, warnings
+import base64, builtins, datetime, html, io, itertools, json, math, os, platform, re, shlex, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from torchmetrics.functional.image import (multiscale_structural_similarity_inde
 from .core import load_image, resize, to_pil
 from .weights import atomic_write_bytes, package_version
 from .distortions import downsample, gaussian_noise, jpeg, upsample_back
-from .baselines import (SWEEP_WEIGHTS, TASKS, find_weights, get_loss, loss_needs, msssim_min_size,
+from .baselines import (SWEEP_WEIGHTS, find_weights, get_loss, loss_needs, msssim_min_size,
                                 parse_loss_name)
 
 # %% auto 0
@@ -316,8 +316,9 @@ def train(model: nn.Module,
             if step == start: raise  # refused from the first batch on: a setting to fix, not a divergence
             raise FloatingPointError(f"{desc}: the training diverged at step {step}: the loss refused the network's output "
                                      f"({e}); try a lower learning rate") from e
-        value = loss.detach().clone()
-        if world > 1: dist.all_reduce(value); value /= world  # the whole batch's loss, the same on every rank
+        value = loss.detach()
+        if world > 1:  # the whole batch's loss, the same on every rank
+            value = value.clone(); dist.all_reduce(value); value /= world
         value = value.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: the loss became {value} at step {step}; try a lower learning rate")
@@ -539,7 +540,7 @@ def results_markdown(res: dict) -> str:
              f"- command: `{res['command']}`", f"- date: {res['date']}, seed {res['seed']}, total {res['seconds']:.0f} s",
              f"- machine: {res['machine']['processor']}, {res['machine']['cpu_count']} CPUs, {res['machine']['torch_threads']} torch threads, device {res['machine']['device']}"
              + (f", {res['machine']['processes']} processes (DDP)" if res['machine'].get('processes', 1) > 1 else ''),
-             f"- versions: " + ', '.join(f'{k} {v}' for k, v in res['versions'].items()),
+             "- versions: " + ', '.join(f'{k} {v}' for k, v in res['versions'].items()),
              f"- training: {cfg['steps']} steps, batch {cfg['batch']} of {cfg['patch']} px patches, Adam lr {cfg['lr']}, "
              f"{cfg['train_images']} training images (scaled by {cfg['train_scale']}), networks {', '.join(f'{n} ({p:,} parameters)' for n, p in cfg['parameters'].items())}",
              f"- MDF columns: loss value on the central {cfg['mdf_crop']} px crop (lower is better); MS-SSIM needs >= 176 px a side, n/a otherwise"]

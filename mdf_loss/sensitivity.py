@@ -4,7 +4,6 @@
 
 # %% ../nbs/04a_sensitivity.ipynb 3
 from __future__ import annotations
-import math
 from pathlib import Path
 
 import numpy as np

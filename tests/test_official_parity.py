@@ -7,7 +7,6 @@ package itself never does (see test_no_unsafe_load).
 import re
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch

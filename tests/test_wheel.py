@@ -4,7 +4,6 @@ import sys
 import textwrap
 import venv
 
-import pytest
 
 from conftest import ROOT
 
