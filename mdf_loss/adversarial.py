@@ -15,25 +15,28 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load_bytes, save as st_save_bytes
 
-from .core import load_image, resize, pyramid_sizes, bundled_image_path, default_device, to_pil
+from .core import load_image, resize, imresize, singan_pyramid, bundled_image_path, default_device, to_pil
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, TASKS, get_task_distortion, make_z
 from .weights import atomic_write_bytes, package_version
 from .loss import MDFLoss
 
 # %% auto 0
-__all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'STREAMS', 'TERMS', 'CHECKPOINT_KEY', 'CHECKPOINT_VERSION', 'MAX_CHECKPOINT_WIDTH',
-           'NOT_IN_FINGERPRINT', 'TASK_OPTION', 'TrainConfig', 'scale_sizes', 'actual_scale_factor', 'gradient_penalty',
-           'derived_seed', 'scale_generator', 'Pyramid', 'TrainingDivergedError', 'train_scale', 'checkpoint_path',
-           'write_checkpoint', 'read_checkpoint', 'resolve_distortion', 'fingerprint', 'train', 'same_weights',
-           'train_arguments', 'config_from_args', 'cli_train']
+__all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'ARITHMETICS', 'STREAMS', 'TERMS', 'CHECKPOINT_KEY', 'CHECKPOINT_VERSION',
+           'MAX_CHECKPOINT_WIDTH', 'NOT_IN_FINGERPRINT', 'TASK_OPTION', 'TrainConfig', 'scale_sizes',
+           'actual_scale_factor', 'singan_resize', 'fit', 'real_pyramid', 'gradient_penalty', 'derived_seed',
+           'scale_generator', 'Pyramid', 'TrainingDivergedError', 'train_scale', 'checkpoint_path', 'write_checkpoint',
+           'read_checkpoint', 'resolve_distortion', 'fingerprint', 'train', 'same_weights', 'train_arguments',
+           'config_from_args', 'cli_train']
 
 # %% ../nbs/03_adversarial.ipynb
 PRESETS = {
     'quick': dict(max_size=64, iters=300, log_every=10),
+    'medium': dict(max_size=96, iters=1000, log_every=25),
     'paper': dict(max_size=250, iters=2000, log_every=50),
 }
 DIVERGENCE_ACTIONS = ('raise', 'restart')
+ARITHMETICS = ('singan', 'v0')  # 'v0': the rounding and resizing of runs made before SinGAN's own were adopted
 
 def _need(ok: bool, message: str):
     if not ok: raise ValueError(message)
@@ -74,6 +77,7 @@ class TrainConfig:
     max_restarts: int = 2
     restart_lr_factor: float = 0.5
     divergence_limit: float = 1e6  # a loss or gradient norm above this counts as divergence
+    arithmetic: str = 'singan'  # 'singan': SinGAN's pyramid, resizer and initialisation; 'v0': that of older runs, to resume them
 
     def __post_init__(self):
         self.betas, self.value_range = tuple(self.betas), tuple(self.value_range)
@@ -109,10 +113,11 @@ class TrainConfig:
         _need(self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}")
         _need(self.on_divergence in DIVERGENCE_ACTIONS, f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}")
         _need(_is_int(self.max_restarts) and self.max_restarts >= 0, f"max_restarts must be a non-negative int, got {self.max_restarts!r}")
+        _need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
-        "The config of preset `name` ('quick' or 'paper'), with `overrides` applied."
+        "The config of preset `name` ('quick', 'medium' or 'paper'), with `overrides` applied."
         _need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], 'preset': name, **overrides})
 
@@ -126,23 +131,63 @@ class TrainConfig:
         _need(isinstance(d, dict), f"a config must be a dict, got {type(d).__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         _need(not unknown, f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**d)
+        return cls(**{'arithmetic': 'v0', **d})  # a config saved before the field existed describes a 'v0' run
 
     def to_json(self) -> str: return json.dumps(self.to_dict(), indent=1)
     @classmethod
     def from_json(cls, text: str) -> TrainConfig: return cls.from_dict(json.loads(text))
 
 # %% ../nbs/03_adversarial.ipynb
+def _v0_sizes(h: int, w: int, min_size: int, max_size: int, scale_factor: float) -> list[tuple[int, int]]:
+    "The level sizes of 'v0' runs: rounded to nearest, levels counted below `max_size`."
+    if min(h, w) < min_size: raise ValueError(f"image {h} x {w} is smaller than the coarsest scale {min_size}; use a larger image or a smaller min_size")
+    top = min(1.0, max_size/max(h, w))
+    H, W = h*top, w*top
+    n = int(np.ceil(np.log(min_size/min(H, W))/np.log(scale_factor))) + 1 if min(H, W) > min_size else 1
+    if n == 1: return [(round(H), round(W))]
+    factor = (min_size/min(H, W))**(1/(n - 1))
+    return [(round(H*factor**(n - 1 - k)), round(W*factor**(n - 1 - k))) for k in range(n)]
+
 def scale_sizes(cfg: TrainConfig, image_size: tuple[int, int]) -> list[tuple[int, int]]:
     "The (H, W) of every scale for an image of `image_size`, coarsest first."
-    return pyramid_sizes(*image_size, min_size=cfg.min_size, max_size=cfg.max_size, scale_factor=cfg.scale_factor)
+    if cfg.arithmetic == 'v0': return _v0_sizes(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor)
+    return singan_pyramid(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor).sizes
 
 def actual_scale_factor(cfg: TrainConfig, image_size: tuple[int, int]) -> float:
     "The ratio between neighbouring scales that the pyramid really uses (SinGAN recomputes it so the coarsest side is `min_size`)."
+    if cfg.arithmetic != 'v0': return singan_pyramid(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor).factor
     sizes = scale_sizes(cfg, image_size)
     if len(sizes) < 2: return cfg.scale_factor
     h, w = image_size
     return (cfg.min_size/(min(h, w)*min(1.0, cfg.max_size/max(h, w))))**(1/(len(sizes) - 1))
+
+# %% ../nbs/03_adversarial.ipynb
+def singan_resize(x: torch.Tensor, scale: float, value_range=(-1.0, 1.0)) -> torch.Tensor:
+    "`x` (in `value_range`) resized as SinGAN's `imresize` does: quantised to 8 bits, MATLAB-style cubic, clamped."
+    low, high = value_range
+    q = (255*((x - low)/(high - low)).clamp(0, 1)).to(torch.uint8)  # truncates, like SinGAN's torch2uint8
+    y = (imresize(q, scale)/255).to(x.dtype)
+    return ((y - 0.5)*(high - low) + (high + low)/2).clamp(low, high)
+
+def fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    "`x` cropped at the bottom and right (or, where it is smaller, padded with its edge) to `size`."
+    h, w = size
+    x = x[..., :h, :w]
+    if x.shape[-2:] != (h, w): x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]), mode='replicate')
+    return x
+
+def real_pyramid(image: torch.Tensor, cfg: TrainConfig) -> list[torch.Tensor]:
+    "The training images of every scale, coarsest first, in `cfg.value_range` (`image`: 1 x 3 x H x W in [0, 1])."
+    low, high = cfg.value_range
+    if cfg.arithmetic == 'v0': return [resize(image, s)*(high - low) + low for s in scale_sizes(cfg, tuple(image.shape[-2:]))]
+    plan = singan_pyramid(*image.shape[-2:], cfg.min_size, cfg.max_size, cfg.scale_factor)
+    u = (image.double()*255).round()/255  # the 8-bit values a file holds, as SinGAN reads them (float64, then float32)
+    x = ((u.float() - 0.5)*(high - low) + (high + low)/2).clamp(low, high)
+    finest = singan_resize(x, plan.top, cfg.value_range)
+    steps = len(plan.sizes) - 1
+    reals = [singan_resize(finest, math.pow(plan.factor, steps - i), cfg.value_range) for i in range(steps + 1)]
+    assert [tuple(r.shape[-2:]) for r in reals] == plan.sizes
+    return reals
 
 # %% ../nbs/03_adversarial.ipynb
 def gradient_penalty(critic: Callable, # the critic: images -> score map
@@ -173,8 +218,9 @@ def scale_generator(seed: int, scale: int, stream: str, device='cpu') -> torch.G
 # %% ../nbs/03_adversarial.ipynb
 class Pyramid:
     "The trained, frozen scales of a run: real images, generators, noise amplitudes and the fixed coarsest noise."
-    def __init__(self, reals: list[torch.Tensor], task: str, distortion: Distortion, value_range=(-1.0, 1.0)):
-        self.reals, self.task, self.distortion, self.value_range = reals, task, distortion, tuple(value_range)
+    def __init__(self, reals: list[torch.Tensor], task: str, distortion: Distortion, value_range=(-1.0, 1.0),
+                 factor: float | None = None):  # SinGAN's ratio between levels; None: plain bicubic resizing ('v0' runs)
+        self.reals, self.task, self.distortion, self.value_range, self.factor = reals, task, distortion, tuple(value_range), factor
         self.generators: list[Generator] = []
         self.noise_amps: list[float] = []
         self.z_opt: torch.Tensor | None = None
@@ -184,8 +230,10 @@ class Pyramid:
         self.generators.append(generator.eval().requires_grad_(False)); self.noise_amps.append(float(noise_amp))
 
     def upsample(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        "`x` resized to the size of scale `k`."
-        return resize(x, tuple(self.reals[k].shape[-2:]))
+        "`x` brought to the size of scale `k`: enlarged by 1/factor with SinGAN's resizer and cropped (or resized, for 'v0' runs)."
+        size = tuple(self.reals[k].shape[-2:])
+        if self.factor is None: return resize(x, size)
+        return fit(singan_resize(x, 1/self.factor, self.value_range), size)
 
     def z(self, prev: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         "The task's signal z for the generator input `prev`."
@@ -275,6 +323,7 @@ def train_scale(k: int, # the scale to train
     real = pyr.reals[k]
     rec_noise, rec_prev = noise_amp*pyr.rec_noise(k) if k == 0 else pyr.rec_noise(k), pyr.rec_prev(k)
     redraw = k == 0 and not cfg.fixed_rec_noise  # SinGAN's code: a new coarsest reconstruction noise every iteration
+    per_step = cfg.arithmetic == 'v0'  # 'v0' runs drew the noise anew for each critic step
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=cfg.betas)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=cfg.betas)
     decay_at = int(cfg.lr_decay_at*cfg.iters)
@@ -286,10 +335,11 @@ def train_scale(k: int, # the scale to train
                 for group in opt.param_groups: group['lr'] = lr*cfg.lr_decay
         d_grad = g_grad = 0
         if redraw: rec_noise = pyr.noise(0, noise_amp, gen)
+        if not per_step: noise = pyr.noise(k, noise_amp, gen)  # SinGAN: one noise map per iteration, a new prev per critic step
         for _ in range(cfg.d_steps):
             prev = pyr.sample_prev(k, gen)
             base = prev + pyr.z(prev, gen)
-            noise = pyr.noise(k, noise_amp, gen)
+            if per_step: noise = pyr.noise(k, noise_amp, gen)
             with torch.no_grad(): fake = G(noise, base)
             opt_d.zero_grad(set_to_none=True)
             d_real, d_fake = D(real).mean(), D(fake).mean()
@@ -418,6 +468,7 @@ NOT_IN_FINGERPRINT = ('device', 'preset', 'log_every', 'on_divergence', 'max_res
 def fingerprint(cfg: TrainConfig, distortion: Distortion, image: dict) -> dict:
     "Every setting that changes the trained weights: what a checkpoint must match to be resumed."
     d = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_FINGERPRINT and k != 'image'}
+    if cfg.arithmetic == 'v0': del d['arithmetic']  # checkpoints of 'v0' runs were written before the field existed
     d.update(distortion=distortion.to_dict(), image_sha256=image['sha256'])
     return d
 
@@ -460,8 +511,8 @@ def _init_scale(k: int, width: int, cfg: TrainConfig, previous: tuple | None) ->
     if previous is not None and previous[0].head.conv.out_channels == width:
         G.load_state_dict(previous[0].state_dict()); D.load_state_dict(previous[1].state_dict())
     else:
-        g = scale_generator(cfg.seed, k, 'init')
-        G.apply(lambda m: init_weights(m, g)); D.apply(lambda m: init_weights(m, g))
+        g, zero_bias = scale_generator(cfg.seed, k, 'init'), cfg.arithmetic == 'v0'
+        G.apply(lambda m: init_weights(m, g, zero_bias)); D.apply(lambda m: init_weights(m, g, zero_bias))
     return G, D
 
 def _noise_amp(pyr: Pyramid, k: int, cfg: TrainConfig) -> float:
@@ -499,8 +550,7 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
     image, image_info = _image_info(cfg)
     sizes = scale_sizes(cfg, tuple(image.shape[-2:]))
     widths = width_schedule(len(sizes), cfg.nfc, cfg.max_width)
-    low, high = cfg.value_range
-    reals = [(resize(image, s)*(high - low) + low).to(device) for s in sizes]
+    reals = [r.to(device) for r in real_pyramid(image, cfg)]
     fp = fingerprint(cfg, dist, image_info)
     if out.is_file(): raise ValueError(f"{out} is a file; give a folder for the run")
     if not resume and (ckdir.exists() and any(ckdir.iterdir()) or (out/'loss.safetensors').exists()):
@@ -508,7 +558,7 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
     out.mkdir(parents=True, exist_ok=True)
     if resume: _remove_stale_temps(out)
 
-    pyr = Pyramid(reals, cfg.task, dist, cfg.value_range)
+    pyr = Pyramid(reals, cfg.task, dist, cfg.value_range, None if cfg.arithmetic == 'v0' else actual_scale_factor(cfg, tuple(image.shape[-2:])))
     discriminators, infos, previous = [], [], None
     for k in range(len(sizes)):  # finished scales, read back
         path = checkpoint_path(out, k)
@@ -516,7 +566,9 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
         G, D, info, z_opt = read_checkpoint(path)
         if info.get('fingerprint') != fp:
             diff = sorted(n for n in set(fp) | set(info.get('fingerprint', {})) if fp.get(n) != info.get('fingerprint', {}).get(n))
-            raise ValueError(f"{path} was trained with other settings ({', '.join(diff)} differ); resume with the same "
+            hint = (" (a run made before SinGAN's arithmetic was adopted: resume it with TrainConfig(..., arithmetic='v0'), "
+                    "or with `mdf-loss train --resume`, which reads config.json)" if 'arithmetic' in diff else '')
+            raise ValueError(f"{path} was trained with other settings ({', '.join(diff)} differ){hint}; resume with the same "
                              f"settings (see {out/'config.json'}) or start a new folder")
         if k == 0:
             _need(z_opt is not None and tuple(z_opt.shape) == tuple(reals[0].shape),
@@ -577,7 +629,7 @@ def same_weights(a, b) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[n], tb[n]) for n in ta)
 
 # %% ../nbs/03_adversarial.ipynb
-TASK_OPTION = {'denoise': 'sigma', 'jpeg': 'quality', 'sisr': 'factor'}
+TASK_OPTION = {'denoise': 'sigma', 'jpeg': 'quality'}
 
 def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `mdf-loss train` to `parser`; returns it."
@@ -591,7 +643,6 @@ def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--max-size', type=int, help='long side of the finest scale in pixels (overrides the preset)')
     parser.add_argument('--sigma', type=float, help='denoise: noise sigma on the 0-255 scale (default 25)')
     parser.add_argument('--quality', type=int, help='jpeg: JPEG quality 1..100 (default 10)')
-    parser.add_argument('--factor', type=float, help='sisr: scale factor (default 4)')
     parser.add_argument('--custom', metavar='MODULE:FUNCTION', help='custom: your distortion fn(x, **params) -> x')
     parser.add_argument('--param', action='append', default=[], metavar='NAME=VALUE', help='custom: a parameter of your distortion (repeatable)')
     parser.add_argument('--device', help="'auto' (default), 'cpu', 'cuda', ...")
@@ -642,7 +693,7 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
 def _command(args) -> str:
     "The canonical `mdf-loss train ...` line for `args`."
     parts = ['mdf-loss', 'train']
-    for name in ('task', 'image', 'preset', 'out', 'seed', 'iters', 'max_size', 'sigma', 'quality', 'factor', 'custom', 'device', 'on_divergence',
+    for name in ('task', 'image', 'preset', 'out', 'seed', 'iters', 'max_size', 'sigma', 'quality', 'custom', 'device', 'on_divergence',
                  'threads'):
         v = getattr(args, name, None)
         if v is not None: parts += [f"--{name.replace('_', '-')}", str(v)]

@@ -4,6 +4,8 @@
 
 # %% ../nbs/01_blocks.ipynb 3
 from __future__ import annotations
+import math
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -67,12 +69,15 @@ class Generator(nn.Module):
         return prev + self.tail(self.body(self.head(h)))
 
 # %% ../nbs/01_blocks.ipynb
-def init_weights(m: nn.Module, generator: torch.Generator | None = None):
-    "SinGAN's initialisation for one module; use with `model.apply`."
+def init_weights(m: nn.Module, generator: torch.Generator | None = None, zero_bias: bool = False):
+    "SinGAN's initialisation for one module (use with `model.apply`); `zero_bias` zeroes conv biases as older runs did."
     if isinstance(m, nn.Conv2d):
         with torch.no_grad():
             m.weight.normal_(0.0, 0.02, generator=generator)
-            if m.bias is not None: m.bias.zero_()
+            if m.bias is None: return
+            if zero_bias: m.bias.zero_(); return
+            bound = 1/math.sqrt(m.weight[0].numel())  # torch's default conv bias, which SinGAN's init leaves alone
+            m.bias.uniform_(-bound, bound, generator=generator)
     elif isinstance(m, nn.BatchNorm2d):
         with torch.no_grad():
             m.weight.normal_(1.0, 0.02, generator=generator); m.bias.zero_()

@@ -4,8 +4,10 @@
 
 # %% ../nbs/00_core.ipynb 3
 from __future__ import annotations
-import os, random, warnings
+import math, os, random, warnings
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,8 +16,8 @@ from PIL import Image, ImageOps
 
 # %% auto 0
 __all__ = ['ASSETS', 'RANGE_TOLERANCE', 'RANGE_LIMIT', 'bundled_image_path', 'data_dir', 'pil_to_tensor', 'load_image',
-           'save_image', 'to_pil', 'check_image', 'check_pair', 'resize', 'pyramid_sizes', 'seed_everything',
-           'default_device']
+           'save_image', 'to_pil', 'check_image', 'check_pair', 'resize', 'PyramidPlan', 'singan_pyramid',
+           'pyramid_sizes', 'resize_matrix', 'imresize', 'seed_everything', 'default_device']
 
 # %% ../nbs/00_core.ipynb
 ASSETS = Path(__file__).parent/'assets' if '__file__' in globals() else Path('../mdf_loss/assets').resolve()
@@ -160,15 +162,66 @@ def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     if tuple(size) == (h, w): return x
     return F.interpolate(x, size=tuple(size), mode='bicubic', align_corners=False, antialias=True)
 
+# %% ../nbs/00_core.ipynb
+class PyramidPlan(NamedTuple):
+    "SinGAN's pyramid for one image: level sizes (coarsest first), the factor between levels, the first shrink."
+    sizes: list[tuple[int, int]]  # (H, W) of every level, coarsest first
+    factor: float  # ratio between neighbouring levels (SinGAN's recomputed `scale_factor`)
+    top: float  # the factor that takes the image to the finest level (SinGAN's `scale1`)
+
+def singan_pyramid(h: int, w: int, # the image's size
+                   min_size: int = 25, # short side of the coarsest level
+                   max_size: int = 250, # long side of the finest level, at most
+                   scale_factor: float = 0.75, # the nominal ratio between levels
+                  ) -> PyramidPlan:
+    "The levels SinGAN trains for an `h` x `w` image, with its own rounding (see the rule above)."
+    short, long = min(h, w), max(h, w)
+    if short < min_size:
+        raise ValueError(f"image {h} x {w} is smaller than the coarsest level ({min_size} px); use a larger image or a smaller min_size")
+    steps = math.ceil(math.log(min_size/short, scale_factor)) + 1
+    steps -= math.ceil(math.log(min(max_size, long)/long, scale_factor))
+    top = min(max_size/long, 1)
+    H, W = math.ceil(h*top), math.ceil(w*top)
+    if steps < 1 or min(H, W) < min_size:
+        raise ValueError(f"image {h} x {w} is too elongated: shrunk to a long side of {max_size} px it is {H} x {W}, "
+                         f"narrower than the coarsest level ({min_size} px); crop it or raise max_size")
+    factor = math.pow(min_size/min(H, W), 1/steps)
+    return PyramidPlan([(math.ceil(H*factor**(steps - i)), math.ceil(W*factor**(steps - i))) for i in range(steps + 1)],
+                       factor, top)
+
 def pyramid_sizes(h: int, w: int, min_size: int = 25, max_size: int = 250, scale_factor: float = 0.75) -> list[tuple[int, int]]:
-    "SinGAN's pyramid of (H, W) sizes, coarsest first: short side `min_size` up to long side at most `max_size`."
-    if min(h, w) < min_size: raise ValueError(f"image {h} x {w} is smaller than the coarsest scale {min_size}; use a larger image or a smaller min_size")
-    top = min(1.0, max_size/max(h, w))
-    H, W = h*top, w*top
-    n = int(np.ceil(np.log(min_size/min(H, W))/np.log(scale_factor))) + 1 if min(H, W) > min_size else 1
-    if n == 1: return [(round(H), round(W))]
-    factor = (min_size/min(H, W))**(1/(n - 1))
-    return [(round(H*factor**(n - 1 - k)), round(W*factor**(n - 1 - k))) for k in range(n)]
+    "The (H, W) of every level of SinGAN's pyramid for an `h` x `w` image, coarsest first."
+    return singan_pyramid(h, w, min_size, max_size, scale_factor).sizes
+
+# %% ../nbs/00_core.ipynb
+def _keys_cubic(t: np.ndarray) -> np.ndarray:
+    "Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'cubic')."
+    a = np.abs(t)
+    return np.where(a <= 1, (1.5*a - 2.5)*a*a + 1, np.where(a <= 2, ((-0.5*a + 2.5)*a - 4)*a + 2, 0.))
+
+@lru_cache(maxsize=512)
+def resize_matrix(n_in: int, n_out: int, scale: float) -> np.ndarray:
+    "The `n_out` x `n_in` float64 matrix of SinGAN's resizer along one axis."
+    shrink = scale < 1
+    width = 4/scale if shrink else 4.
+    kernel = (lambda t: scale*_keys_cubic(scale*t)) if shrink else _keys_cubic
+    centre = np.arange(1, n_out + 1)/scale + 0.5*(1 - 1/scale)  # output pixel centres, in 1-based input coordinates
+    taps = np.floor(centre - width/2)[:, None] + np.arange(math.ceil(width) + 2) - 1  # 0-based input pixels
+    w = np.where(taps < 0, 0., kernel(centre[:, None] - taps - 1))  # left of the image: no weight (the port's quirk)
+    total = w.sum(1, keepdims=True)
+    w = w/np.where(total == 0, 1., total)
+    j = np.mod(np.maximum(taps, 0).astype(np.int64), 2*n_in)
+    j = np.where(j < n_in, j, 2*n_in - 1 - j)  # right of the image: mirrored
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.repeat(np.arange(n_out), taps.shape[1]), j.ravel()), w.ravel())
+    return m
+
+def imresize(x: torch.Tensor, scale: float) -> torch.Tensor:
+    "`x` (N x C x H x W) resized by `scale` to ceil(H*scale) x ceil(W*scale) with SinGAN's resizer, computed in float64."
+    h, w = x.shape[-2:]
+    H, W = math.ceil(h*scale), math.ceil(w*scale)
+    mh, mw = (torch.from_numpy(resize_matrix(n, m, float(scale))).to(x.device) for n, m in ((h, H), (w, W)))
+    return torch.einsum('Hh,nchw,Ww->ncHW', mh, x.to(torch.float64), mw)
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int) -> torch.Generator:

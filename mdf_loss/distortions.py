@@ -15,7 +15,7 @@ from PIL import Image
 
 # %% auto 0
 __all__ = ['BUILTINS', 'TASKS', 'gaussian_noise', 'jpeg', 'downsample', 'upsample_back', 'sr_degrade', 'gaussian_blur',
-           'Distortion', 'compose', 'get_task_distortion', 'make_z']
+           'Distortion', 'identity', 'compose', 'get_task_distortion', 'make_z']
 
 # %% ../nbs/02_distortions.ipynb
 def _check_images(x, caller:str):
@@ -252,7 +252,11 @@ class Distortion:
                          f"pass its function: Distortion.from_dict(d, fn=my_fn).")
 
 # %% ../nbs/02_distortions.ipynb
-BUILTINS = {f.__name__: f for f in (gaussian_noise, jpeg, downsample, sr_degrade, gaussian_blur)}
+def identity(x:torch.Tensor) -> torch.Tensor:
+    "Return `x` unchanged: the phase-1 distortion of super-resolution, which injects nothing."
+    return x
+
+BUILTINS = {f.__name__: f for f in (gaussian_noise, jpeg, downsample, sr_degrade, gaussian_blur, identity)}
 
 # %% ../nbs/02_distortions.ipynb
 def _step_seed(seed, i:int):
@@ -283,9 +287,9 @@ def _jpeg_task(quality:int=10) -> Distortion:
     "JPEG at `quality`."
     return Distortion('jpeg', {'quality': _check_quality(quality)}, jpeg)
 
-def _sisr_task(factor:float=4.0) -> Distortion:
-    "Bicubic down-sampling by `factor`, up-sampled back to the input size."
-    return Distortion('sr_degrade', {'factor': _check_factor(factor, 'sisr')}, sr_degrade)
+def _sisr_task() -> Distortion:
+    "Nothing: for super-resolution z_k = 0, and the pyramid's own up-sampling is the degradation."
+    return Distortion('identity', {}, identity)
 
 def _custom_task(fn:Callable|Distortion|None=None, name:str='custom', **params) -> Distortion:
     "The user's callable `fn(x, **params)` (or a ready `Distortion`)."
@@ -314,7 +318,8 @@ def get_task_distortion(task:str, # one of TASKS: 'denoise', 'jpeg', 'sisr', 'cu
     try: inspect.signature(factory).bind(**params)
     except TypeError:
         takes = [p for p in inspect.signature(factory).parameters if p != 'params']
-        raise TypeError(f"task {task!r} takes the parameters {', '.join(takes)}; got {', '.join(params)}.") from None
+        what = f"the parameters {', '.join(takes)}" if takes else "no parameters (its phase 1 injects no distortion)"
+        raise TypeError(f"task {task!r} takes {what}; got {', '.join(params)}.") from None
     return factory(**params)
 
 # %% ../nbs/02_distortions.ipynb
