@@ -5,26 +5,44 @@
 # %% ../nbs/01_blocks.ipynb 3
 from __future__ import annotations
 import math
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['TAPS', 'ConvBlock', 'Discriminator', 'width_schedule', 'Generator', 'init_weights']
+__all__ = ['SLOPE', 'TAPS', 'ConvBlock', 'tap_chain', 'Discriminator', 'fold_conv_bn', 'folded_layers', 'fold', 'width_schedule',
+           'Generator', 'init_weights']
 
 # %% ../nbs/01_blocks.ipynb
+SLOPE = 0.2  # LeakyReLU's negative slope in SinGAN's blocks
+
 class ConvBlock(nn.Sequential):
     "Conv (no padding) + BatchNorm + LeakyReLU(0.2): SinGAN's basic block."
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, padding: int = 0):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding)
         self.norm = nn.BatchNorm2d(out_ch)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(SLOPE)
 
 # %% ../nbs/01_blocks.ipynb
 TAPS = ('head', 'body', 'tail')
 
+def tap_chain(x: torch.Tensor, # the input of the first layer
+              layers: Sequence[Callable], # the layers in order, each a callable tensor -> tensor
+              keep: bool = False, # also return the output of every layer but the last (for a hand-written backward)
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    "The outputs of the first, the second-to-last and the last of `layers` (the taps), and the kept outputs."
+    n, taps, kept = len(layers), [], []
+    for j, layer in enumerate(layers):
+        x = layer(x)
+        if keep and j < n - 1: kept.append(x)
+        if j in (0, n - 2, n - 1): taps.append(x)
+    return taps, kept
+
+# %% ../nbs/01_blocks.ipynb
 class Discriminator(nn.Module):
     "SinGAN's patch critic: head and body ConvBlocks, then a 1-channel conv tail; `features` returns the taps."
     def __init__(self, width: int = 32, in_ch: int = 3, num_layer: int = 5, kernel_size: int = 3):
@@ -40,12 +58,37 @@ class Discriminator(nn.Module):
         "Side of the square of input pixels that one output score sees."
         return self.num_layer*(self.kernel_size - 1) + 1
 
+    def layers(self) -> list[nn.Module]:
+        "The layers in order: the head block, each body block, the tail convolution."
+        return [self.head, *self.body, self.tail]
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         "The outputs of head, body and tail, in that order."
-        h = self.head(x); b = self.body(h)
-        return [h, b, self.tail(b)]
+        return tap_chain(x, self.layers())[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.tail(self.body(self.head(x)))
+
+# %% ../nbs/01_blocks.ipynb
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Weight and bias of one convolution equal to `bn(conv(x))` with `bn` in eval mode (float64 arithmetic, float32 result)."
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    if bn is None: return w.float(), b.float()
+    scale = bn.weight.detach().double()/torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    return (w*scale[:, None, None, None]).float(), ((b - bn.running_mean.detach().double())*scale + bn.bias.detach().double()).float()
+
+def _conv_act(w: torch.Tensor, b: torch.Tensor, inplace: bool, x: torch.Tensor) -> torch.Tensor:
+    y = F.conv2d(x, w, b)
+    return F.leaky_relu_(y, SLOPE) if inplace else F.leaky_relu(y, SLOPE)
+
+def folded_layers(params: Sequence[tuple[torch.Tensor, torch.Tensor]], inplace: bool = True) -> list[Callable]:
+    "The layers of a folded discriminator, from its (weight, bias) pairs: conv + LeakyReLU, and a plain conv last."
+    *blocks, (w, b) = params
+    return [partial(_conv_act, wi, bi, inplace) for wi, bi in blocks] + [partial(F.conv2d, weight=w, bias=b)]
+
+def fold(d: Discriminator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    "The (weight, bias) of each layer of `d` with its BatchNorm folded in."
+    return [fold_conv_bn(blk.conv, blk.norm) for blk in [d.head, *d.body]] + [fold_conv_bn(d.tail)]
 
 # %% ../nbs/01_blocks.ipynb
 def width_schedule(num_scales: int, nfc: int = 32, max_width: int = 128) -> list[int]:

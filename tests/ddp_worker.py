@@ -1,7 +1,7 @@
-"""Run by tests/test_reliability.py under `torchrun --nproc-per-node=2` (gloo, CPU, 127.0.0.1): MDFLoss and the restoration
+"""Run by tests/test_scale_out.py under `torchrun --nproc-per-node=2` (gloo, CPU, 127.0.0.1): MDFLoss and the restoration
 trainer inside DistributedDataParallel. Rank 0 writes what it measured to OUT for the test to compare with one process.
 
-    python -m torch.distributed.run --nproc-per-node=2 --master-addr=127.0.0.1 --master-port=PORT tests/reliability_ddp.py OUT
+    python -m torch.distributed.run --nproc-per-node=2 --master-addr=127.0.0.1 --master-port=PORT tests/ddp_worker.py OUT
 """
 import json
 import sys
@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reliability_workers import restoration_setup, tiny_loss  # noqa: E402
+from workers import restoration_setup, tiny_loss  # noqa: E402
 
 
 def tiny_model(seed=0):
@@ -71,7 +71,7 @@ def main(out: Path):
     # 3. the restoration trainer's own DDP: it wraps the model, shares each step's batch out with a DistributedSampler,
     #    averages the logged loss, and checkpoints from rank 0. Interrupted after 4 steps on both ranks, then resumed
     #    from rank 0's checkpoint into fresh weights.
-    from mdf_loss import restoration as R
+    from mdf_loss.restoration import trainer as R
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 6
     ck = str(out/'restoration.pt')  # the same path on every rank: only rank 0 writes and reads it
 

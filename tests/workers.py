@@ -1,4 +1,5 @@
-"""Work that tests/test_reliability.py runs in other processes: jobs it kills with SIGKILL, and small shared builders.
+"""Work that the tests run in other processes (jobs tests/test_interruptions.py kills with SIGKILL, the DDP worker's
+set-up), and the small builders many tests share.
 
 The kill tests start these functions through a multiprocessing 'forkserver': torch is imported once, in the server,
 and every job is a fresh forked process (a real process, killed for real) that starts in milliseconds.
@@ -73,24 +74,25 @@ def phase1_run(out: str, cfg: dict, scales_done):
     A.train(A.TrainConfig.from_dict(cfg), out, resume=True, progress=False)
 
 
-# --- the restoration trainer (mdf_loss.restoration) -----------------------------------------------------------------
+# --- the restoration trainer (mdf_loss.restoration.trainer) -------------------------------------------------------------
 
 def restoration_setup(batch: int = 4, seed: int = 0):
     "A smoke-size DnCNN, the official denoise MDF loss on 2 scales, and a patch sampler over the bundled photo."
     from mdf_loss import MDFLoss
-    from mdf_loss import restoration as R
     from mdf_loss.core import bundled_image_path
+    from mdf_loss.restoration.data import PatchSampler, load_training_images
+    from mdf_loss.restoration.networks import make_network
     torch.manual_seed(seed)
-    model = R.make_network('dncnn', 'smoke')
-    images = R.load_training_images([bundled_image_path()], scale=0.125)
-    sampler = R.PatchSampler(images, R.get_task('denoise'), patch=24, batch=batch, seed=seed)
+    model = make_network('dncnn', 'smoke')
+    images = load_training_images([bundled_image_path()], scale=0.125)
+    sampler = PatchSampler(images, 'denoise', patch=24, batch=batch, seed=seed)
     return model, MDFLoss.from_pretrained('official-denoise', num_scales=2), sampler
 
 
 def restoration_run(checkpoint: str, steps: int, every: int, done, result: str | None = None):
     "Train (or resume) the restoration setup; `done.value` is the last checkpointed step; `result` gets the final weights."
     torch.set_num_threads(1)
-    from mdf_loss import restoration as R
+    from mdf_loss.restoration import trainer as R
     save = R._save_checkpoint
     def spy(path, model, opt, step, *rest):
         save(path, model, opt, step, *rest); done.value = step

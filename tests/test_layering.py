@@ -1,0 +1,105 @@
+"""The shape of the house: the modules import each other in the order of the notebooks, without a cycle; argparse
+lives in the command line only; no module outgrows one subject; a task is named in the task registry only; and the
+library is generated from the notebooks."""
+from __future__ import annotations
+
+import ast
+import re
+from configparser import ConfigParser
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PKG = ROOT/'mdf_loss'
+MODULES = {p: '.'.join(p.relative_to(ROOT).with_suffix('').parts) for p in sorted(PKG.rglob('*.py'))
+           if p.name not in ('_modidx.py',)}
+NAMES = {name.removesuffix('.__init__'): p for p, name in MODULES.items()}
+
+
+def imports_of(path: Path) -> set[str]:
+    "The package modules `path` imports (at any depth, lazy imports included)."
+    tree, found = ast.parse(path.read_text()), set()
+    me = MODULES[path].removesuffix('.__init__')
+    package = me if path.name == '__init__.py' else me.rpartition('.')[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import): names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(parts + ([node.module] if node.module else []))
+            names = [base] + [f'{base}.{a.name}' for a in node.names]
+        else: continue
+        found |= {n for n in names if n in NAMES and n != me}
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {name: imports_of(path) for name, path in NAMES.items()}
+    state = {}
+    def visit(n, stack):
+        if state.get(n) == 'done': return
+        assert state.get(n) != 'open', f"import cycle: {' -> '.join(stack + [n])}"
+        state[n] = 'open'
+        for m in graph[n]: visit(m, stack + [n])
+        state[n] = 'done'
+    for n in graph: visit(n, [])
+
+
+def _notebook_of(path: Path) -> str:
+    m = re.search(r'File to edit: \.\./(?:\.\./)?nbs/(\S+)\.ipynb', path.read_text())
+    return m.group(1) if m else ''
+
+
+def test_each_module_imports_only_from_lower_notebooks():
+    "The notebook numbers are the dependency order: a module imports only modules whose notebook comes earlier."
+    order = {name: _notebook_of(path) for name, path in NAMES.items()}
+    for name, path in NAMES.items():
+        if not order[name]: continue  # __init__.py
+        for dep in imports_of(path):
+            if dep == 'mdf_loss' or not order.get(dep): continue
+            assert order[dep] < order[name], f"{name} ({order[name]}) imports {dep} ({order[dep]}), a later notebook"
+
+
+def test_argparse_lives_in_the_command_line_only():
+    users = [MODULES[p] for p in MODULES if re.search(r'^\s*(import argparse|from argparse|import .*\bargparse\b)', p.read_text(), re.M)]
+    assert users == ['mdf_loss.cli'], users
+
+
+def test_no_module_outgrows_one_subject():
+    sizes = {MODULES[p]: len(p.read_text().splitlines()) for p in MODULES}
+    assert max(sizes.values()) <= 500, {m: n for m, n in sizes.items() if n > 500}
+
+
+def _task_literals(tree: ast.AST, names: set) -> list[tuple[int, str]]:
+    "String constants equal to a task name where code would decide by them: compared, passed, or given as a default."
+    used = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare): used += [node.left, *node.comparators]
+        elif isinstance(node, ast.Call): used += [*node.args, *(k.value for k in node.keywords)]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)): used += [*node.args.defaults, *node.args.kw_defaults]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None: used.append(node.value)
+    return [(n.lineno, n.value) for n in used if isinstance(n, ast.Constant) and n.value in names]
+
+
+def test_task_names_are_spelled_in_the_registry_only():
+    "Outside tasks.py no module decides by a built-in task's name: the tools ask the registry."
+    from mdf_loss.tasks import task_names
+    names = set(task_names())
+    assert sorted(_task_literals(ast.parse("if task == 'sisr': pass\nf(task='jpeg')\ndef g(t='denoise'): pass"), names)) == [(1, 'sisr'), (2, 'jpeg'), (3, 'denoise')]
+    found = {mod: hits for path, mod in MODULES.items() if mod != 'mdf_loss.tasks' and (hits := _task_literals(ast.parse(path.read_text()), names))}
+    assert not found, found
+
+
+def test_library_matches_its_notebooks(tmp_path):
+    "The modules are what nbdev_export makes of the notebooks: exporting again changes nothing."
+    nbdev = pytest.importorskip('nbdev')
+    import shutil, subprocess, sys
+    work = tmp_path/'repo'
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns('.git', '.venv', '_docs', '_proc', 'runs', 'build', '*.egg-info', '__pycache__'))
+    r = subprocess.run([sys.executable, '-c', 'from nbdev.doclinks import nbdev_export; nbdev_export()'], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for p in sorted((ROOT/'mdf_loss').rglob('*.py')):
+        assert p.read_text() == (work/p.relative_to(ROOT)).read_text(), f'{p.relative_to(ROOT)} differs from its notebook: run nbdev_export'
