@@ -3,13 +3,17 @@
 The restoration experiments' `quick` preset, scratch protocol, for one task: the same network, initial weights,
 patches and steps, trained once per MDF mode (and per seed), then PSNR/SSIM on the test sets (the preset's first
 `max_test_images` of each). The fast mode passes when its mean PSNR is within 0.1 dB and its mean SSIM within 0.005 of
-the exact mode's on every test set (issue 6). The spread between seeds of the exact mode is reported beside it, so
+the exact mode's on every test set. The spread between seeds of the exact mode is reported beside it, so
 that a difference can be read against the noise of training itself.
 
-Modes: `exact` (the default MDFLoss), `pyramid` (mode='pyramid'), `bf16` (dtype=torch.bfloat16) and `scalesN`
-(num_scales=N: fewer taps, the N coarsest-trained discriminators, which are also the narrowest).
+Modes: `exact` (the default MDFLoss), `pyramid` (mode='pyramid'), `bf16` (dtype=torch.bfloat16), `scalesN`
+(num_scales=N: fewer taps, the N coarsest-trained discriminators, which are also the narrowest) and `sampleF`
+(sample=F: a random subset of the discriminators costing the fraction F of the exact loss on average, unbiased; its
+generator is seeded with the run's seed). Options combine with '+', e.g. `bf16+sample0.25`.
 
-Usage: python benchmarks/fast_mode_quality.py [--modes exact,pyramid,bf16,scales4] [--task denoise] [--seeds 0] [--steps N] [--out benchmarks/results/fast_mode_quality.json]
+Usage: python benchmarks/fast_mode_quality.py [--modes exact,pyramid,bf16,scales4,sample0.25] [--task denoise] [--seeds 0] [--steps N] [--out benchmarks/results/fast_mode_quality.json]
+       python benchmarks/fast_mode_quality.py --merge a.json,b.json --out c.json   (one table and verdict from runs made separately)
+       python benchmarks/fast_mode_quality.py --from-log stderr.log --modes ... --seeds ... --out c.json   (a stopped run's finished runs)
 """
 from __future__ import annotations
 
@@ -26,8 +30,11 @@ import torch
 
 from mdf_loss import MDFLoss
 from mdf_loss.core import data_dir
-from mdf_loss.restoration import (EXPERIMENT_PRESETS, PatchSampler, get_task, image_metrics, list_images, load_test_set,
-                                  load_training_images, make_network, restore, train)
+from mdf_loss.tasks import get_task
+from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
+from mdf_loss.restoration.data import PatchSampler, list_images, load_test_set, load_training_images
+from mdf_loss.restoration.networks import make_network
+from mdf_loss.restoration.trainer import image_metrics, restore, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loss_speed import machine, report  # noqa: E402
@@ -41,58 +48,38 @@ def evaluate(model, tests: dict, spec) -> dict:
     shave = spec.scale if spec.scale > 1 else 0
     out = {}
     for name, images in tests.items():
-        for v, _ in spec.variants:
+        for v in spec.variant_labels:
             ms = [image_metrics(restore(model, im.inputs[v]), im.clean, shave) for im in images]
             out[name if len(spec.variants) == 1 else f'{name}/{v}'] = {
                 'psnr': float(np.mean([m['psnr'] for m in ms])), 'ssim': float(np.mean([m['ssim'] for m in ms])), 'n': len(ms)}
     return out
 
 
-def make_loss(name: str, mode: str) -> MDFLoss:
-    "The MDF loss of one mode (see the module docstring)."
-    if mode in ('exact', 'pyramid'): return MDFLoss.from_pretrained(name, mode=mode)
-    if mode == 'bf16': return MDFLoss.from_pretrained(name, dtype=torch.bfloat16)
-    if mode.startswith('scales') and mode[6:].isdigit(): return MDFLoss.from_pretrained(name, num_scales=int(mode[6:]))
-    raise SystemExit(f"unknown mode {mode!r}: use exact, pyramid, bf16 or scalesN")
+def loss_options(mode: str, seed: int = 0) -> dict:
+    "MDFLoss keyword arguments of one mode (see the module docstring)."
+    kw = {}
+    for part in mode.split('+'):
+        if part == 'exact': continue
+        elif part == 'pyramid': kw['mode'] = 'pyramid'
+        elif part == 'bf16': kw['dtype'] = torch.bfloat16
+        elif part.startswith('scales') and part[6:].isdigit(): kw['num_scales'] = int(part[6:])
+        elif part.startswith('sample'):
+            try: kw['sample'] = float(part[6:])
+            except ValueError: raise SystemExit(f"bad sampling fraction in {part!r}: use e.g. sample0.25")
+            kw['generator'] = torch.Generator().manual_seed(seed)
+        else: raise SystemExit(f"unknown mode {part!r}: use exact, pyramid, bf16, scalesN or sampleF, joined by '+'")
+    return kw
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--task', default='denoise')
-    p.add_argument('--seeds', default='0', help='comma-separated seeds')
-    p.add_argument('--modes', default='exact,pyramid')
-    p.add_argument('--steps', type=int, default=None, help="override the preset's steps")
-    p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--out')
-    a = p.parse_args(argv)
-    if a.threads: torch.set_num_threads(a.threads)
-    root = data_dir()
-    if root is None: sys.exit('SKIPPED: shared data not found; set MDF_LOSS_DATA')
-    cfg = dict(EXPERIMENT_PRESETS['quick'])
-    if a.steps: cfg['steps'] = a.steps
-    spec = get_task(a.task)
-    network = spec.networks[0]
-    train_paths = list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images'])
-    images = load_training_images(train_paths, cfg['train_scale'], cfg['patch'])
-    tests = {n: load_test_set(root/'benchmarks'/n, spec, 0, cfg['max_test_images']) for n in TEST_SETS}
-    res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-           'task': a.task, 'network': f"{network} ({cfg['size']})", 'loss': f'official-{a.task}',
-           'protocol': 'scratch, quick preset: ' + json.dumps({k: cfg[k] for k in ('patch', 'batch', 'steps', 'lr', 'train_scale', 'max_train_images', 'max_test_images')}),
-           'load_average_start': os.getloadavg(), 'runs': []}
-    for seed in [int(s) for s in a.seeds.split(',')]:
-        for mode in a.modes.split(','):
-            sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], seed)
-            torch.manual_seed(seed)
-            model = make_network(network, cfg['size'])
-            loss = make_loss(f'official-{a.task}', mode)
-            t0 = time.perf_counter()
-            info = train(model, loss, sampler, cfg['steps'], cfg['lr'], 0.8, progress=False, desc=f'{mode} seed {seed}')
-            run = dict(seed=seed, mode=mode, train_s=time.perf_counter() - t0,
-                       final_loss=float(np.mean(info['history'][-max(1, len(info['history'])//10):])), test=evaluate(model, tests, spec))
-            res['runs'].append(run)
-            print(json.dumps(run), file=sys.stderr, flush=True)
+def make_loss(name: str, mode: str, seed: int = 0) -> MDFLoss:
+    "The MDF loss of one mode."
+    return MDFLoss.from_pretrained(name, **loss_options(mode, seed))
+
+
+def verdicts_of(res: dict) -> None:
+    "Each mode's margins against the exact mode of the same seed, the exact mode's spread across seeds, pass/fail."
     verdicts = {}
-    for mode in [m for m in a.modes.split(',') if m != 'exact']:
+    for mode in dict.fromkeys(r['mode'] for r in res['runs'] if r['mode'] != 'exact'):
         verdict = verdicts.setdefault(mode, {})
         for seed in sorted({r['seed'] for r in res['runs']}):
             by = {r['mode']: r for r in res['runs'] if r['seed'] == seed}
@@ -109,6 +96,74 @@ def main(argv=None):
     res['vs_exact'] = verdicts
     res['passes'] = {mode: bool(v) and all(d['within_bar'] for d in v.values()) for mode, v in verdicts.items()}
     res['bar'] = f'at most {PSNR_BAR} dB PSNR and {SSIM_BAR} SSIM below exact on every test set'
+
+
+def merge(paths: list[str], out: str | None) -> None:
+    "One result from several files of the same protocol (e.g. the exact runs and the sampled runs made in parallel)."
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ('task', 'network', 'loss', 'protocol')
+    for p, r in zip(paths[1:], parts[1:]):
+        if any(r[k] != parts[0][k] for k in keys): sys.exit(f'{p} is another protocol than {paths[0]}: {[k for k in keys if r[k] != parts[0][k]]}')
+    res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+           **{k: parts[0][k] for k in keys}, 'merged_from': {p: {k: r.get(k) for k in ('command', 'date', 'load_average_start', 'load_average_end', 'machine')}
+                                                            for p, r in zip(paths, parts)},
+           'runs': [run for r in parts for run in r['runs']]}
+    seen = [(r['seed'], r['mode']) for r in res['runs']]
+    if len(set(seen)) != len(seen): sys.exit('a (seed, mode) run appears in two files')
+    verdicts_of(res)
+    res['load_average_start'] = os.getloadavg()
+    report(res, out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--task', default='denoise')
+    p.add_argument('--seeds', default='0', help='comma-separated seeds')
+    p.add_argument('--modes', default='exact,pyramid')
+    p.add_argument('--steps', type=int, default=None, help="override the preset's steps")
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--out')
+    p.add_argument('--merge', help='comma-separated result files to combine (no training)')
+    p.add_argument('--from-log', help="rebuild the result of a stopped run from its stderr, whose per-run JSON lines it "
+                                      "printed (no training); give the stopped run's --task, --seeds, --modes and --steps")
+    a = p.parse_args(argv)
+    if a.merge: return merge(a.merge.split(','), a.out)
+    if a.threads: torch.set_num_threads(a.threads)
+    root = data_dir()
+    if root is None: sys.exit('SKIPPED: shared data not found; set MDF_LOSS_DATA')
+    cfg = dict(EXPERIMENT_PRESETS['quick'])
+    if a.steps: cfg['steps'] = a.steps
+    spec = get_task(a.task)
+    network = spec.networks[0]
+    res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+           'task': a.task, 'network': f"{network} ({cfg['size']})", 'loss': f'official-{a.task}',
+           'protocol': 'scratch, quick preset: ' + json.dumps({k: cfg[k] for k in ('patch', 'batch', 'steps', 'lr', 'train_scale', 'max_train_images', 'max_test_images')}),
+           'load_average_start': os.getloadavg(), 'runs': []}
+    if a.from_log:
+        lines = [json.loads(line) for line in Path(a.from_log).read_text().splitlines() if line.startswith('{"seed"')]
+        res['runs'] = [r for r in lines if r['mode'] in a.modes.split(',') and str(r['seed']) in a.seeds.split(',')]
+        res['partial'] = (f'rebuilt from the log of a run that was stopped: {len(res["runs"])} of '
+                          f'{len(a.seeds.split(","))*len(a.modes.split(","))} runs had finished')
+        verdicts_of(res)
+        res['machine'] = machine()
+        return report(res, a.out)
+    train_paths = list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images'])
+    images = load_training_images(train_paths, cfg['train_scale'], cfg['patch'])
+    tests = {n: load_test_set(root/'benchmarks'/n, spec, 0, cfg['max_test_images']) for n in TEST_SETS}
+    for seed in [int(s) for s in a.seeds.split(',')]:
+        for mode in a.modes.split(','):
+            sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], seed)
+            torch.manual_seed(seed)
+            model = make_network(network, cfg['size'])
+            loss = make_loss(f'official-{a.task}', mode, seed)
+            t0 = time.perf_counter()
+            info = train(model, loss, sampler, cfg['steps'], cfg['lr'], 0.8, progress=False, desc=f'{mode} seed {seed}')
+            train_s = time.perf_counter() - t0
+            run = dict(seed=seed, mode=mode, train_s=train_s, step_ms=1000*train_s/cfg['steps'],
+                       final_loss=float(np.mean(info['history'][-max(1, len(info['history'])//10):])), test=evaluate(model, tests, spec))
+            res['runs'].append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
+    verdicts_of(res)
     res['machine'] = machine()
     report(res, a.out)
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 6, prepared as one short run for a session that is lent a GPU (not yet run: no GPU
-# has been lent to this project). It needs a CUDA build of torch in the environment and writes its JSON into
-# ${OUT:-benchmarks/results}. The phase-1 `paper` preset takes about 21 minutes in eager PyTorch on an H200 (facts.md),
-# longer than one device call, so it runs with fewer iterations per scale; the per-scale ms/iteration in the JSON
-# then gives the full run's time by multiplication, and must be reported as such.
+# The GPU half of the speed benchmarks as one short prepared run (not yet run: no GPU has been available to the
+# project). It needs a CUDA build of torch and writes its JSON into ${OUT:-benchmarks/results}. The phase-1 `paper`
+# preset takes about 20 minutes in eager PyTorch on a data-centre GPU, too long for one short run, so it runs with
+# fewer iterations per scale; the per-scale ms/iteration in the JSON gives the full run's time by multiplication,
+# and must be reported as such.
 #
-#   bash benchmarks/gpu_check.sh            # about 5-8 minutes on an H100/H200
+#   bash benchmarks/gpu_check.sh            # about 5-8 minutes on a current data-centre GPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}

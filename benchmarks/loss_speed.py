@@ -14,7 +14,10 @@ Methods:
   forward passes), plus the ablations exact-nchw (without channels-last) and exact-batched (output and target in
   one batched forward pass);
 - exact-bf16 (`dtype=torch.bfloat16`), exact-compile (`compile=True`), pyramid (`mode='pyramid'`), and on CUDA
-  exact-bf16-compile (both flags: the issue's GPU target);
+  exact-bf16-compile (both flags: the GPU configuration);
+- sampleF and bf16-sampleF (`sample=F`, and with bfloat16): the unbiased stochastic evaluation, a random subset of the
+  discriminators costing the fraction F of the exact loss on average (the warm-up call calibrates it and is exact; its
+  cost varies with the draw, so `mean_s` is reported beside the median);
 - vgg16: VGG16 perceptual loss, MSE of 5 taps (relu1_2 .. relu5_3), random weights, target without autograd;
 - lpips-alex: the LPIPS AlexNet feature stack (5 taps, unit-normalised channels, 1x1 linear heads), random weights.
 
@@ -217,6 +220,9 @@ def build(method: str, num_scales: int, device) -> nn.Module:
     kw = {'exact': {}, 'exact-bf16': dict(dtype=torch.bfloat16), 'exact-compile': dict(compile=True),
           'exact-bf16-compile': dict(dtype=torch.bfloat16, compile=True), 'pyramid': dict(mode='pyramid')}.get(method, {})
     if method == 'exact-scales4': num_scales = min(num_scales, 4)  # fewer taps: the four coarsest-trained (narrowest) D_k
+    if 'sample' in method:  # sampleF or bf16-sampleF
+        kw = dict(sample=float(method.split('sample')[1]), generator=torch.Generator().manual_seed(0))
+        if method.startswith('bf16-'): kw['dtype'] = torch.bfloat16
     crit = MDFLoss.from_pretrained(WEIGHTS, num_scales=num_scales, **kw).to(device)
     if method == 'folded-autograd': return FoldedAutograd(crit)
     if method == 'exact-nchw': return ManualMDF(crit, channels_last=False)
@@ -306,7 +312,7 @@ def run_config(methods, batch, size, num_scales, device, repeats, threads, memor
     vgg_t = statistics.median(wall['vgg16']) if 'vgg16' in wall else None
     for m in methods:
         t = statistics.median(wall[m])
-        r = {'median_s': t, 'min_s': min(wall[m]), 'times_s': wall[m], 'cpu_median_s': statistics.median(cpu[m]),
+        r = {'median_s': t, 'mean_s': statistics.mean(wall[m]), 'min_s': min(wall[m]), 'times_s': wall[m], 'cpu_median_s': statistics.median(cpu[m]),
              'first_call_s': setup_s[m], 'value': values[m].item(),
              'speedup_vs_reference': ref_t/t if ref_t else None, 'cost_vs_vgg16': t/vgg_t if vgg_t else None}
         if m.startswith(('reference', 'folded', 'exact', 'pyramid')) and 'reference' in values:

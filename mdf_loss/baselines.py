@@ -15,7 +15,9 @@ from .tasks import get_task, task_names
 from .loss import MDFLoss
 from .haarpsi import HaarPSILoss
 
-_image_metrics = require('torchmetrics.functional.image', 'experiments')
+def _image_metrics():
+    "torchmetrics' image functions, imported on first use so that the core install can import this module."
+    return require('torchmetrics.functional.image', 'experiments')
 
 # %% auto 0
 __all__ = ['SSIM_KERNEL', 'MSSSIM_BETAS', 'WEIGHT_FILES', 'VGG16_LAYOUT', 'VGG16_TAPS', 'ALEXNET_TAPS', 'IMAGENET_MEAN',
@@ -29,12 +31,16 @@ __all__ = ['SSIM_KERNEL', 'MSSSIM_BETAS', 'WEIGHT_FILES', 'VGG16_LAYOUT', 'VGG16
 class L1Loss(ImageLoss):
     "Mean absolute error per image."
     name = 'l1'
-    def per_image(self, output, target): return (output - target).abs().flatten(1).mean(1)
+    def per_image(self, output, target):
+        "The mean of `abs(output - target)` over each image's channels and pixels."
+        return (output - target).abs().flatten(1).mean(1)
 
 class L2Loss(ImageLoss):
     "Mean squared error per image (MSE)."
     name = 'l2'
-    def per_image(self, output, target): return (output - target).pow(2).flatten(1).mean(1)
+    def per_image(self, output, target):
+        "The mean of `(output - target)**2` over each image's channels and pixels."
+        return (output - target).pow(2).flatten(1).mean(1)
 
 # %% ../nbs/08_baselines.ipynb
 SSIM_KERNEL = 11
@@ -54,7 +60,8 @@ class SSIMLoss(ImageLoss):
     "`1 - SSIM` per image (torchmetrics, Gaussian window 11 px, sigma 1.5, data range 1)."
     name, min_size = 'ssim', SSIM_KERNEL
     def per_image(self, output, target):
-        return 1 - _image_metrics.structural_similarity_index_measure(output, target, data_range=1.0, reduction='none')
+        "`1 - SSIM` of each pair of images."
+        return 1 - _image_metrics().structural_similarity_index_measure(output, target, data_range=1.0, reduction='none')
 
 class MSSSIMLoss(ImageLoss):
     "`1 - MS-SSIM` per image (torchmetrics); `scales=None` uses as many of the 5 standard scales as the size allows."
@@ -66,6 +73,7 @@ class MSSSIMLoss(ImageLoss):
         self.scales = scales
 
     def per_image(self, output, target):
+        "`1 - MS-SSIM` of each pair of images, with `scales` scales or as many as their size allows."
         size = min(output.shape[-2:])
         scales = self.scales or msssim_scales_for(size)
         if size < msssim_min_size(scales):
@@ -74,7 +82,7 @@ class MSSSIMLoss(ImageLoss):
         betas = MSSSIM_BETAS
         if scales < len(MSSSIM_BETAS): betas = tuple(b/sum(MSSSIM_BETAS[:scales]) for b in MSSSIM_BETAS[:scales])
         # 'relu' (torchmetrics' default) keeps negative contrast terms from giving NaN under fractional powers
-        return 1 - _image_metrics.multiscale_structural_similarity_index_measure(output, target, data_range=1.0, betas=betas,
+        return 1 - _image_metrics().multiscale_structural_similarity_index_measure(output, target, data_range=1.0, betas=betas,
                                                                   normalize='relu', reduction='none')
 
 # %% ../nbs/08_baselines.ipynb
@@ -189,9 +197,12 @@ class VGGPerceptualLoss(ImageLoss):
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True): return super().train(False)  # a frozen backbone stays in eval mode
+    def train(self, mode: bool = True):
+        "Stays in eval mode whatever `mode` says: the backbone is frozen."
+        return super().train(False)
 
     def per_image(self, output, target):
+        "The mean squared feature difference of each pair, averaged over the five layers."
         norm = lambda t: (t - self.mean.to(t))/self.std.to(t)
         with torch.no_grad(): ft = tap_features(self.features, norm(target), VGG16_TAPS)
         fo = tap_features(self.features, norm(output), VGG16_TAPS)
@@ -207,7 +218,7 @@ def _unit_channels(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 class LPIPSLoss(ImageLoss):
     "LPIPS distance with the AlexNet backbone (both weight files read from disk)."
-    name, min_size = 'lpips-alex', 31
+    name, min_size, min_reason = 'lpips-alex', 31, "the loss's receptive field"
     def __init__(self, reduction: str = 'mean', path=None, lin_path=None):
         super().__init__(reduction)
         self.weights_file, self.lin_file = find_weights('alexnet', path), find_weights('lpips-alex', lin_path)
@@ -219,9 +230,12 @@ class LPIPSLoss(ImageLoss):
         self.register_buffer('shift', torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('scale', torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True): return super().train(False)
+    def train(self, mode: bool = True):
+        "Stays in eval mode whatever `mode` says: the backbone and the linear layers are frozen."
+        return super().train(False)
 
     def per_image(self, output, target):
+        "The LPIPS distance of each pair of images."
         prep = lambda t: ((2*t - 1) - self.shift.to(t))/self.scale.to(t)
         with torch.no_grad(): ft = tap_features(self.features, prep(target), ALEXNET_TAPS)
         fo = tap_features(self.features, prep(output), ALEXNET_TAPS)
@@ -243,10 +257,12 @@ class LossSum(nn.Module):
 
     @property
     def name(self) -> str:
+        "The sum spelled out, such as 'l2+0.01*vgg16'."
         return '+'.join(('' if w == 1 else f'{_fmt_weight(w)}*') + getattr(l, 'name', type(l).__name__)
                         for w, l in zip(self.weights, self.losses))
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        "The weighted sum of the terms per image, reduced with `reduction`."
         return reduce(sum(w*l(output, target) for w, l in zip(self.weights, self.losses)), self.reduction)
 
     def extra_repr(self) -> str: return f"{self.name!r}, reduction={self.reduction!r}"

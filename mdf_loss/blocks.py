@@ -62,11 +62,15 @@ class Discriminator(nn.Module):
         "The layers in order: the head block, each body block, the tail convolution."
         return [self.head, *self.body, self.tail]
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, # images N x 3 x H x W, at least `receptive_field` pixels on a side
+                ) -> list[torch.Tensor]:
         "The outputs of head, body and tail, in that order."
         return tap_chain(x, self.layers())[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.tail(self.body(self.head(x)))
+    def forward(self, x: torch.Tensor, # images N x 3 x H x W, at least `receptive_field` pixels on a side
+               ) -> torch.Tensor:
+        "The critic's score map, one score per `receptive_field`-sized patch (the tail tap)."
+        return self.tail(self.body(self.head(x)))
 
 # %% ../nbs/01_blocks.ipynb
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +109,9 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*[ConvBlock(width, width, kernel_size) for _ in range(num_layer - 2)])
         self.tail = nn.Sequential(nn.Conv2d(width, channels, kernel_size), nn.Tanh())
 
-    def forward(self, z: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, # the injected signal (noise), N x 3 x H x W
+                prev: torch.Tensor, # the previous scale's image, upsampled to this scale: same shape as `z`
+               ) -> torch.Tensor:
         "The image at this scale from the injected signal `z` and the upsampled previous image `prev`."
         if z.shape != prev.shape: raise ValueError(f"z and prev must have the same shape, got {tuple(z.shape)} and {tuple(prev.shape)}")
         h = F.pad(z + prev, [self.pad]*4)

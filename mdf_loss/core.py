@@ -221,15 +221,23 @@ class ImageLoss(torch.nn.Module):
         super().__init__()
         self.reduction = check_reduction(reduction)
 
-    def check(self, output: torch.Tensor, target: torch.Tensor, check_values: bool = True) -> bool:
+    def check(self, output: torch.Tensor, # the image to score, N x 3 x H x W in [0, 1]
+              target: torch.Tensor, # the reference image: same shape, same device
+              check_values: bool = True, # also check for NaN/Inf and the value range (one host sync)
+             ) -> bool:
         "Check `(output, target)` against the input contract; True if some value strays slightly out of range."
         return check_pair(output, target, self.min_size, check_values, self.channels, min_reason=self.min_reason)
 
-    def per_image(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_image(self, output: torch.Tensor, # the image to score, N x 3 x H x W
+                  target: torch.Tensor, # the reference image, same shape
+                 ) -> torch.Tensor:
         "One loss value per image (a tensor of shape N)."
         raise NotImplementedError
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor, # the image to score, N x 3 x H x W in [0, 1]
+                target: torch.Tensor, # the reference image, same shape
+               ) -> torch.Tensor:
+        "`per_image` of the checked pair, reduced by `self.reduction`."
         self.check(output, target)
         return reduce(self.per_image(output, target), self.reduction)
 
@@ -382,6 +390,10 @@ class _Lines:
         self.n += n; print(f"{self.desc}: {self.n}/{self.total}", file=sys.stderr, flush=True)
     def set_postfix(self, *args, **kwargs): pass
     def close(self): pass
+    @classmethod
+    def quiet(cls, total, desc, **kwargs):
+        "A bar that counts but prints nothing."
+        bar = cls(total, desc, **kwargs); bar.update = lambda n=1: setattr(bar, 'n', bar.n + n); return bar
 
 def _interactive() -> bool:
     return sys.stderr.isatty() or 'ipykernel' in sys.modules
@@ -392,10 +404,12 @@ def progress_bar(total: int, # the number of steps
                  nested: bool = False, # an inner bar, shown only when the output is interactive
                  **kwargs, # more tqdm arguments (initial, unit, ...)
                 ):
-    "A tqdm bar on a terminal or in a notebook; elsewhere, plain lines (outer bars) or nothing (nested bars)."
+    "A tqdm bar on a terminal or in a notebook; elsewhere, or without tqdm, plain lines (outer bars) or nothing (nested)."
     interactive = _interactive()
-    if enabled and not interactive and not nested: return _Lines(total, desc, **kwargs)
-    tqdm = require('tqdm.auto', 'experiments').tqdm
+    try: from tqdm.auto import tqdm
+    except ImportError: tqdm = None   # the core install has no tqdm: plain lines everywhere
+    if enabled and not nested and (not interactive or tqdm is None): return _Lines(total, desc, **kwargs)
+    if tqdm is None: return _Lines.quiet(total, desc, **kwargs)   # disabled or nested: count, print nothing
     return tqdm(total=total, desc=desc, disable=not enabled or (nested and not interactive), leave=not nested, **kwargs)
 
 # %% ../nbs/00_core.ipynb

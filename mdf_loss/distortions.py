@@ -206,7 +206,9 @@ class Distortion:
                             f"got {type(self.fn).__name__}.")
         self.params = dict(self.params)
 
-    def __call__(self, x:torch.Tensor, seed:int|torch.Generator|None=None) -> torch.Tensor:
+    def __call__(self, x:torch.Tensor, # images N x C x H x W in [0,1]
+                 seed:int|torch.Generator|None=None, # int seed or generator, passed on when `fn` takes `seed`
+                ) -> torch.Tensor:
         "Apply the distortion to `x` (N x C x H x W in [0,1])."
         _check_images(x, f"Distortion {self.name!r}")
         out = self.fn(x, **self.params, seed=seed) if _takes_seed(self.fn) else self.fn(x, **self.params)
@@ -226,7 +228,10 @@ class Distortion:
                             f"dicts) to be stored in weight-file metadata: {e}") from None
 
     @classmethod
-    def custom(cls, fn:Callable, name:str|None=None, **params) -> Distortion:
+    def custom(cls, fn:Callable, # fn(x, **params) -> tensor, optionally taking `seed=`
+               name:str|None=None, # the stored name; default: the function's name
+               **params, # the keyword arguments for `fn`, stored with the name (JSON-serialisable)
+              ) -> Distortion:
         "Wrap a user callable `fn(x, **params)` (optionally taking `seed=`) as a `Distortion` named `name` (default: the function's name)."
         if not callable(fn):
             raise TypeError(f"Distortion.custom: fn must be a callable fn(x, **params) -> tensor, "
@@ -234,7 +239,9 @@ class Distortion:
         return cls(name or getattr(fn, '__name__', 'distortion'), params, fn)
 
     @classmethod
-    def from_dict(cls, d:dict, fn:Callable|None=None) -> Distortion:
+    def from_dict(cls, d:dict, # `{'name': ..., 'params': {...}}`, as `to_dict` gives it
+                  fn:Callable|None=None, # the function of a custom distortion; None for the built-ins
+                 ) -> Distortion:
         "Rebuild a `Distortion` from `to_dict()` output; custom ones need their `fn`."
         if not isinstance(d, dict) or not isinstance(d.get('name'), str) or not isinstance(d.get('params', {}), dict):
             raise ValueError(f"Distortion.from_dict: expected {{'name': str, 'params': dict}}, got {d!r}.")

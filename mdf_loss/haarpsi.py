@@ -103,17 +103,29 @@ def haarpsi_loss(x: torch.Tensor, y: torch.Tensor, reduction: str = 'mean', data
 class HaarPSI(ImageLoss):
     "The HaarPSI similarity of `(x, y)` as a module (higher is better); see `haarpsi`"
     name, channels = 'haarpsi', (1, 3)
-    def __init__(self, reduction: str = 'mean', data_range: float = 1.0, subsample: bool = True):
+    def __init__(self, reduction: str = 'mean', # 'mean' or 'sum' over the batch, or 'none' for one value per image
+                 data_range: float = 1.0, # the value of white: 1.0 for [0, 1] images, 255 for 0..255
+                 subsample: bool = True, # the authors' 2x2 mean and subsampling for the viewing distance
+                ):
         super().__init__(reduction)
         self.data_range, self.subsample = data_range, subsample
-    def per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def per_image(self, x: torch.Tensor, # N x 3 x H x W (RGB) or N x 1 x H x W (gray), in [0, data_range]
+                  y: torch.Tensor, # the reference, same shape as `x`
+                 ) -> torch.Tensor:
+        "The HaarPSI of each image pair, a tensor of shape N (checked as `haarpsi` checks its input)"
         return haarpsi(x, y, 'none', self.data_range, self.subsample)
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, # N x 3 x H x W (RGB) or N x 1 x H x W (gray), in [0, data_range]
+                y: torch.Tensor, # the reference, same shape as `x`
+               ) -> torch.Tensor:
+        "`per_image` reduced by `self.reduction`"
         return reduce(self.per_image(x, y), self.reduction)  # `haarpsi` checks the pair with HaarPSI's own limits
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, data_range={self.data_range}, subsample={self.subsample}"
 
 class HaarPSILoss(HaarPSI):
     "`1 - HaarPSI` as a loss module: `HaarPSILoss()(output, target)`; see `haarpsi_loss`"
-    def per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def per_image(self, x: torch.Tensor, # N x 3 x H x W (RGB) or N x 1 x H x W (gray), in [0, data_range]
+                  y: torch.Tensor, # the reference, same shape as `x`
+                 ) -> torch.Tensor:
+        "`1 - HaarPSI` of each image pair, a tensor of shape N: 0 for identical images"
         return 1 - haarpsi(x, y, 'none', self.data_range, self.subsample)

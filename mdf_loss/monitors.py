@@ -97,7 +97,9 @@ class OptimisationRace(App):
         return {label: list(s['curve']) for label, s in self.states.items()}
 
     @property
-    def running(self) -> bool: return self.stepper.busy
+    def running(self) -> bool:
+        "Whether the race is running in the background."
+        return self.stepper.busy
 
     def update(self, label: str):
         "One Adam step of the pixels of `label`, and its PSNR after it."
@@ -231,7 +233,9 @@ class TrainingMonitor(App):
         return dict(sorted(found.items()))
 
     @property
-    def finished(self) -> bool: return (self.run_dir/'loss.safetensors').is_file()
+    def finished(self) -> bool:
+        "Whether the run has written its loss file, `loss.safetensors`."
+        return (self.run_dir/'loss.safetensors').is_file()
 
     @property
     def series(self) -> dict[str, np.ndarray]:
@@ -325,6 +329,7 @@ class TrainingMonitor(App):
         return self.poller is not None and not self.poller.done()
 
     def close(self):
+        "Stop polling the run folder, then close the widgets."
         if getattr(self, 'poller', None) is not None: self.poller.cancel()
         super().close()
 

@@ -36,7 +36,9 @@ class Strength:
         if not self.low <= self.default <= self.high:
             raise ValueError(f"strength {self.name!r}: default {self.default} lies outside [{self.low}, {self.high}]")
 
-    def check(self, value, what: str | None = None) -> float | int:
+    def check(self, value, # the value to check
+              what: str | None = None, # how the error message names it; default: the strength's name
+             ) -> float | int:
         "`value` as a number of the right kind, or a TypeError/ValueError naming the valid range."
         what = what or self.name
         kind = 'an int' if self.integer else 'a number'
@@ -46,7 +48,8 @@ class Strength:
             raise ValueError(f"{what} must be in {self.low:g}..{self.high:g} {self.unit}, got {value!r}".rstrip())
         return int(value) if self.integer else float(value)
 
-    def label(self, value) -> str:
+    def label(self, value, # a value of this strength
+             ) -> str:
         "How a figure names this strength: 'sigma 25', 'quality 10'."
         return f"{self.name} {value:g}"
 
@@ -89,7 +92,8 @@ class TaskSpec:
         if self.shrinks and len(self.variants) > 1:
             raise ValueError(f"task {self.name!r}: a task whose input shrinks by its strength takes one variant, got {self.variants}")
 
-    def can(self, use: str) -> bool:
+    def can(self, use: str, # the tool: 'phase1', 'sensitivity', 'widgets' or 'restoration'
+           ) -> bool:
         "Whether the tool `use` ('phase1', 'sensitivity', 'widgets' or 'restoration') can take this task."
         if use not in USES: raise ValueError(f"use must be one of {USES}, got {use!r}")
         return {'phase1': True, 'sensitivity': bool(self.ladder), 'widgets': bool(self.widget_steps),
@@ -123,7 +127,10 @@ def get_task(name) -> TaskSpec:
     return spec
 
 # %% ../nbs/03_tasks.ipynb
-def _make(self: TaskSpec, value=None, **params) -> Distortion:
+def _make(self: TaskSpec,
+          value=None, # the strength; None: the task's default
+          **params, # the strength by its name (`sigma=50`), or for an open task `fn=` and its parameters
+         ) -> Distortion:
     "The task's `Distortion` at strength `value` (default: the task's), or, for an open task, from `fn=` and its parameters."
     if self.open: return self.distortion(**params)
     if self.strength is None:
@@ -140,7 +147,11 @@ def _make(self: TaskSpec, value=None, **params) -> Distortion:
 
 TaskSpec.make = _make
 
-def _distort(self: TaskSpec, x: torch.Tensor, value=None, seed=None) -> torch.Tensor:
+def _distort(self: TaskSpec,
+             x: torch.Tensor, # images N x 3 x H x W in [0, 1]
+             value=None, # the strength; None: the task's default
+             seed=None, # int seed or torch.Generator, for a random distortion
+            ) -> torch.Tensor:
     "`x` distorted by the task at strength `value` (default: the task's)."
     return self.make(value)(x, seed=seed)
 
@@ -187,8 +198,11 @@ def _scale(self: TaskSpec) -> int:
     "The restoration network's output side over its input side: the factor for a task that shrinks, else 1."
     return int(self.variants[0]) if self.shrinks and self.variants else 1
 
-def _restoration_input(self: TaskSpec, clean: torch.Tensor, variant: str | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def _restoration_input(self: TaskSpec,
+                       clean: torch.Tensor, # clean images N x 3 x H x W in [0, 1]
+                       variant: str | None = None, # a variant label such as 'q10'; None: one drawn per image
+                       generator: torch.Generator | None = None, # draws the variants and the distortion's randomness
+                      ) -> torch.Tensor:
     "The network input for `clean` (N x 3 x H x W) under `variant` (a label); None draws one variant per image."
     labels = self.variant_labels
     if not labels: raise ValueError(f"task {self.name!r} has no restoration variants; give it variants=(...) to use it in experiments")
@@ -202,7 +216,9 @@ def _restoration_input(self: TaskSpec, clean: torch.Tensor, variant: str | None 
         raise ValueError(f"{self.name}: image sides {tuple(clean.shape[-2:])} must be multiples of the scale {int(value)}; crop them with modcrop")
     return downsample(clean, value)
 
-def _upsample(self: TaskSpec, x: torch.Tensor) -> torch.Tensor:
+def _upsample(self: TaskSpec,
+              x: torch.Tensor, # a network input, N x 3 x h x w
+             ) -> torch.Tensor:
     "The input brought to the output's size (bicubic for a task that shrinks) to show or score beside the restored image."
     s = self.scale
     return x if s == 1 else upsample_back(x, (x.shape[-2]*s, x.shape[-1]*s))

@@ -183,6 +183,7 @@ class App(W.VBox):
         return data
 
     def close(self):
+        "Cancel any background update, then close the widgets."
         if getattr(self, 'stepper', None) is not None: self.stepper.cancel()  # absent if __init__ raised
         super().close()
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mdf_loss.core import bundled_image_path, load_image, to_pil
-from mdf_loss.restoration import run_experiment
+from mdf_loss.restoration.experiment import ExperimentConfig, run_experiment
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
@@ -20,8 +20,9 @@ def page_path(tmp_path_factory) -> Path:
     for name, size, spots in [('train', 64, [(0, 0), (200, 300)]), ('setA', 48, [(100, 100)]), ('setB', 48, [(300, 400)])]:
         (root/name).mkdir()
         for i, (t, l) in enumerate(spots): to_pil(photo[..., t:t + size, l:l + size]).save(root/name/f'{name}{i}.png')
-    run_experiment('jpeg', ['l1', 'ssim', 'mdf-official'], root/'train', [root/'setA', root/'setB'], preset='smoke',
-                   out_dir=root/'out', html=True, progress=False)
+    cfg = ExperimentConfig(task='jpeg', train_dir=root/'train', test_dirs=(root/'setA', root/'setB'),
+                           losses=('l1', 'ssim', 'mdf-official'), preset='smoke', out_dir=str(root/'out'), html=True)
+    run_experiment(cfg, progress=False)
     return root/'out'/'comparison.html'
 
 

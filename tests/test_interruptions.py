@@ -74,7 +74,7 @@ def _check_atomic(out: Path, allowed_append=('log.jsonl',)):
 def test_phase1_files_are_written_atomically(tmp_path):
     from mdf_loss.adversarial import TrainConfig, train
     _audit_writes(); AUDIT['on'] = True
-    try: train(TrainConfig(max_size=26, iters=2, log_every=1), tmp_path / 'run', progress=False)
+    try: train(TrainConfig(max_size=36, iters=2, log_every=1), tmp_path / 'run', progress=False)
     finally: AUDIT['on'] = False
     _check_atomic(tmp_path / 'run')
     assert {p.name for p in (tmp_path / 'run').rglob('*.safetensors')} >= {'loss.safetensors', 'scale_0.safetensors'}

@@ -206,3 +206,43 @@ def test_stray_values_warn_once_and_pass():
     with pytest.raises(ValueError, match='divide by 255'): crit(x*255, x)
     with pytest.raises(ValueError, match='NaN or Inf'): crit(x, x.clone().fill_(float('nan')))
     with pytest.raises(TypeError, match='x.float\\(\\)/255'): crit((x*255).byte(), x)
+
+
+def test_stray_warning_points_at_the_callers_line():
+    "The one stray-values warning names the line that called the loss, not a line inside mdf_loss or torch."
+    crit = tiny_loss()
+    x = torch.rand(1, 3, 16, 16)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        crit(x*2 - 0.5, x)
+    (m,) = [m for m in w if 'stray' in str(m.message)]
+    assert Path(m.filename).resolve() == Path(__file__).resolve(), m.filename
+
+
+def test_torch_export():
+    "torch.export captures the loss's forward pass (validate=False: the input check syncs with the host), and the exported program gives the same value."
+    crit = tiny_loss(validate=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 24, 20, generator=g), torch.rand(2, 3, 24, 20, generator=g)
+    program = torch.export.export(crit, (x, y))
+    torch.testing.assert_close(program.module()(x, y), crit(x, y), rtol=1e-6, atol=0)
+    x2, y2 = torch.rand(2, 3, 24, 20, generator=g), torch.rand(2, 3, 24, 20, generator=g)
+    torch.testing.assert_close(program.module()(x2, y2), crit(x2, y2), rtol=1e-6, atol=0)  # new inputs, same shapes
+
+
+def test_torch_compile_fullgraph():
+    "fullgraph=True compiles a validate=False loss to the eager value; with the input check on it fails naming validate=False."
+    x, y = torch.rand(2, 3, 20, 20), torch.rand(2, 3, 20, 20)
+    try:
+        fast = tiny_loss(validate=False)
+        out = x.clone().requires_grad_()
+        value = torch.compile(fast, fullgraph=True, backend='eager')(out, y)
+        torch.testing.assert_close(value, fast(x, y), rtol=1e-6, atol=0)
+        value.backward(); assert out.grad is not None and torch.isfinite(out.grad).all()
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match='validate=False'):
+            torch.compile(tiny_loss(), fullgraph=True, backend='eager')(x, y)
+        torch._dynamo.reset()
+        checked = tiny_loss()  # without fullgraph the check runs eagerly, outside the graph
+        torch.testing.assert_close(torch.compile(checked, backend='eager')(x, y), checked(x, y), rtol=1e-6, atol=0)
+    finally: torch._dynamo.reset()

@@ -21,4 +21,4 @@ def test_notebook(nb):
 
 def test_found_notebooks():
     names = {p.name for p in NBS}
-    assert {'00_core.ipynb', '01_blocks.ipynb', '04_loss.ipynb', '05_weights.ipynb', 'index.ipynb'} <= names
+    assert {'00_core.ipynb', '01_blocks.ipynb', '04_weights.ipynb', '05_loss.ipynb', 'index.ipynb'} <= names

@@ -17,7 +17,8 @@ def test_readme_has_the_two_commands():
     commands = [c for c in re.findall(r'```sh\n(.*?)\n```', readme, re.S) if c.startswith('python3 -m venv')]
     assert len(commands) == 2, commands   # exactly two set-up-to-result commands: the main job and the tests
     demo, tests = commands
-    assert demo.endswith('mdf-loss demo') and 'pip install torch==2.13.0 -e .' in demo
+    assert demo.endswith('mdf-loss demo') and 'pip install torch==2.13.0 -e ".[experiments]"' in demo
     assert tests.endswith('pytest') and '-e ".[dev]"' in tests
     ci = (ROOT / '.ci' / 'run').read_text()
-    assert 'pytest' in ci and 'torch==2.13.0' in ci
+    assert 'pytest' in ci and 'pip install torch==2.13.0 -e ".[dev]"' in ci and 'bash .ci/docs' in ci
+    assert 'bash .ci/docs' in readme   # the docs command comes after the two

@@ -85,7 +85,7 @@ def test_experiment_takes_the_registered_task(workdir, trained):
 def test_sensitivity_benchmark_ranks_the_registered_task(workdir, trained, data_dir):
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'sensitivity.py'), '--import', 'mytask', '--tasks', 'vignette',
                         '--losses', str(trained), '--per-set', '1', '--size', '48', '--no-specificity'],
-                       capture_output=True, text=True, cwd=workdir, timeout=600, env=ENV)
+                       capture_output=True, text=True, cwd=workdir, timeout=600, env={**ENV, 'MDF_LOSS_DATA': str(data_dir)})
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     rows = out['sensitivity'][str(trained)]['vignette']['per_image']

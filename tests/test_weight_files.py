@@ -187,7 +187,7 @@ FORGED = {   # name: (metadata, tensor change, words of the error)
     'a width as a string': (dict(width='32', noise_amp=1.0), None, 'width must be an int'),
     'another width': (dict(width=64, noise_amp=1.0), None, 'do not match a width-64'),
     'a NaN noise amplitude': (dict(width=32, noise_amp=float('nan')), None, 'noise_amp'),
-    'metadata not a dict': ([32], None, 'not a dict'),
+    'metadata not a dict': ([32], None, 'must be a JSON object|not a dict'),
     'an extra tensor': (dict(width=32, noise_amp=1.0), lambda t: {**t, 'D.extra': torch.zeros(1)}, 'D.extra'),
     'a missing tensor': (dict(width=32, noise_amp=1.0), lambda t: {n: v for n, v in t.items() if n != 'G.head.conv.weight'}, 'G.head.conv.weight'),
     'a z_opt of the wrong rank': (dict(width=32, noise_amp=1.0), lambda t: {**t, 'z_opt': torch.zeros(3)}, 'z_opt must be'),
@@ -230,6 +230,19 @@ def test_official_denoise_is_an_alias_of_the_identical_sisr_file():
     assert (ma['task'], mb['task'], mb['alias_of']) == ('sisr', 'denoise', 'official-sisr')
     assert MDFLoss.from_pretrained('official-denoise').meta['task'] == 'denoise'
     assert not (ROOT / 'mdf_loss' / 'assets' / 'official-denoise.safetensors').exists()
+
+
+def test_the_alias_rests_on_identical_official_files(data_dir):
+    "Why the alias is sound: the authors' Ds_Denoising.pth and Ds_SISR.pth have the same bytes, and the shipped file holds their tensors."
+    import hashlib
+    from mdf_loss.weights import import_official
+    src = data_dir / 'mdf_official'
+    digest = lambda f: hashlib.sha256((src / f).read_bytes()).hexdigest()
+    assert digest('Ds_Denoising.pth') == digest('Ds_SISR.pth')
+    ours, _ = read_pretrained('official-denoise')
+    theirs, _ = import_official(src / 'Ds_Denoising.pth')
+    for d, e in zip(ours, theirs, strict=True):
+        for (n, t), u in zip(d.state_dict().items(), e.state_dict().values(), strict=True): assert torch.equal(t, u), n
 
 
 def test_recorded_experiment_results_still_load():

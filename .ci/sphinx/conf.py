@@ -10,9 +10,11 @@ from pathlib import Path
 # after these; the library reference notebooks follow in file-name order.
 tutorials = [
     'tutorials/quickstart.ipynb',
+    'tutorials/mdf_from_scratch.ipynb',
     'tutorials/what_the_loss_sees.ipynb',
     'tutorials/train_your_own_loss.ipynb',
     'tutorials/restoration_experiments.ipynb',
+    'tutorials/when_mdf_helps.ipynb',
 ]
 
 _ini = ConfigParser(delimiters=['='])

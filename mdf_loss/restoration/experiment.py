@@ -217,7 +217,9 @@ class Candidate:
     score: float | None = None  # the validation score, when there was a choice to make
     error: str | None = None
 
-    def record(self) -> dict: return {k: getattr(self, k) for k in ('weight', 'lr', 'score', 'final_loss', 'error')}
+    def record(self) -> dict:
+        "What results.json keeps of a candidate: its weight, lr, score, final loss and error."
+        return {k: getattr(self, k) for k in ('weight', 'lr', 'score', 'final_loss', 'error')}
 
 @dataclass
 class RunResult:

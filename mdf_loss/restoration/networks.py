@@ -24,7 +24,9 @@ class DnCNN(nn.Module):
         for _ in range(depth - 2): layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
         self.body = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return x - self.body(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "The restored images: `x` minus the predicted residual."
+        return x - self.body(x)
 
 # %% ../../nbs/09a_networks.ipynb
 def _upsampler(width: int, scale: int, act) -> nn.Sequential:
@@ -54,6 +56,7 @@ class SRResNet(_Bicubic):
         self.tail = nn.Conv2d(width, 3, 9, padding=4)
 
     def net(self, x):
+        "The learned part of the output, which `forward` adds to the bicubic upsampling of `x`."
         h = self.head(x)
         r = h
         for b in self.blocks: r = r + b(r)
@@ -72,6 +75,7 @@ class EDSR(_Bicubic):
         self.tail = nn.Conv2d(width, 3, 3, padding=1)
 
     def net(self, x):
+        "The learned part of the output, which `forward` adds to the bicubic upsampling of `x`."
         h = self.head(x)
         r = h
         for b in self.blocks: r = r + self.res_scale*b(r)

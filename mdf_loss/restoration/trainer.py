@@ -19,8 +19,6 @@ from ..haarpsi import haarpsi
 from ..baselines import msssim_min_size
 from .data import PatchSampler, center_crop
 
-_tm = require('torchmetrics.functional.image', 'experiments')
-
 # %% auto 0
 __all__ = ['HIGHER_IS_BETTER', 'dist_context', 'on_rank0', 'load_checkpoint', 'train', 'start_distributed', 'image_metrics',
            'mean_metrics', 'restore']
@@ -151,6 +149,7 @@ HIGHER_IS_BETTER = {'psnr': True, 'ssim': True, 'msssim': True, 'haarpsi': True}
 def image_metrics(output: torch.Tensor, target: torch.Tensor, shave: int = 0, mdf: dict | None = None,
                   mdf_crop: int | None = 128) -> dict:
     "PSNR, SSIM, MS-SSIM (None below 176 px), HaarPSI and each MDF loss's value for one image pair."
+    _tm = require('torchmetrics.functional.image', 'experiments')
     if shave: output, target = output[..., shave:-shave, shave:-shave], target[..., shave:-shave, shave:-shave]
     output, target = output.float().clamp(0, 1), target.float()
     m = {'psnr': _tm.peak_signal_noise_ratio(output, target, data_range=1.0).item(),
