@@ -30,7 +30,6 @@ import argparse
 import datetime
 import functools
 import json
-import math
 import os
 import statistics
 import sys
@@ -61,6 +60,19 @@ METHODS = ('scales', 'scales-poisson', 'scales-equal', 'windows')
 # Window sampling (benchmark only: measured, not shipped)
 # ---------------------------------------------------------------------------------------------------------------------
 
+def _input_gradient(diffs, acts, params, scale):
+    "The hand-written backward pass of `mdf_loss.loss.feature_distance`: tap gradients `scale_j * diffs_j` back to the input."
+    n = len(params)
+    g = diffs[2].mul_(scale[2])
+    for j in range(n - 1, 0, -1):
+        g = F.conv_transpose2d(g, params[j][0])
+        if j - 1 == n - 2 and scale[1]: g.add_(diffs[1], alpha=scale[1])
+        if j - 1 == 0 and scale[0]: g.add_(diffs[0], alpha=scale[0])
+        g = torch.ops.aten.leaky_relu_backward(g, acts[j - 1], SLOPE, True)
+        acts[j - 1] = None
+    return F.conv_transpose2d(g, params[0][0])
+
+
 def masked_distance(x, y, params, tap_weights=(1.0, 1.0, 1.0), need_grad=True, owned=None):
     "`mdf_loss.loss.feature_distance` with the tap positions outside `owned` ((rows, cols) per tap, from the top left) set to 0."
     with torch.no_grad():
@@ -75,16 +87,8 @@ def masked_distance(x, y, params, tap_weights=(1.0, 1.0, 1.0), need_grad=True, o
         acc = torch.promote_types(x.dtype, torch.float32)
         terms = torch.stack([d.to(acc).square().mean((1, 2, 3)) for d in diffs], 1)
         if not need_grad: return terms, None
-        n = len(params)
         scale = [2*float(v)/d[0].numel() for v, d in zip(tap_weights, diffs)]
-        g = diffs[2].mul_(scale[2])
-        for j in range(n - 1, 0, -1):
-            g = F.conv_transpose2d(g, params[j][0])
-            if j - 1 == n - 2 and scale[1]: g.add_(diffs[1], alpha=scale[1])
-            if j - 1 == 0 and scale[0]: g.add_(diffs[0], alpha=scale[0])
-            g = torch.ops.aten.leaky_relu_backward(g, acts[j - 1], SLOPE, True)
-            acts[j - 1] = None
-        return terms, F.conv_transpose2d(g, params[0][0])
+        return terms, _input_gradient(diffs, acts, params, scale)
 
 
 def fields(params) -> list[int]:
@@ -203,17 +207,8 @@ def weighted_distance(x, y, params, tap_weights, maps):
         tx, acts = _taps(x, params, True)
         diffs = [a - b for a, b in zip(tx, ty)]
         value = sum(v*(m*d.square()).mean((1, 2, 3)) for v, m, d in zip(tap_weights, maps, diffs))
-        n = len(params)
         scale = [2*float(v)/d[0].numel() for v, d in zip(tap_weights, diffs)]
-        diffs = [d*m for d, m in zip(diffs, maps)]
-        g = diffs[2].mul_(scale[2])
-        for j in range(n - 1, 0, -1):
-            g = F.conv_transpose2d(g, params[j][0])
-            if j - 1 == n - 2: g.add_(diffs[1], alpha=scale[1])
-            if j - 1 == 0: g.add_(diffs[0], alpha=scale[0])
-            g = torch.ops.aten.leaky_relu_backward(g, acts[j - 1], SLOPE, True)
-            acts[j - 1] = None
-        return value, F.conv_transpose2d(g, params[0][0])
+        return value, _input_gradient([d*m for d, m in zip(diffs, maps)], acts, params, scale)
 
 
 def naive_expectation(crit: WindowMDF, x, y) -> tuple[float, torch.Tensor]:

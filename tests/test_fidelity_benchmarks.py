@@ -1,9 +1,6 @@
 """benchmarks/phase1_fidelity.py and benchmarks/task_specificity.py run at tiny sizes and compute what they claim."""
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +11,10 @@ from mdf_loss import MDFLoss
 from mdf_loss.sensitivity import benchmark_crops, psnr
 from mdf_loss.tasks import get_task
 from mdf_loss.weights import pretrained_path
+from test_benchmarks import run as run_script  # the benchmarks' subprocess runner
 
-BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 
-
-def run(script: str, *args, timeout: int = 600) -> dict:
-    r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
-
+def run(script: str, *args) -> dict: return run_script(script, *args, timeout=600)
 
 def test_phase1_fidelity_curves_and_profiles(tmp_path, data_dir):
     args = ['--losses', 'denoise,official-jpeg', '--anchors', 'L1', '--steps', '3', '--size', '24x32', '--per-set', '1',
