@@ -104,8 +104,10 @@ def merge(paths: list[str], out: str | None) -> None:
     keys = ('task', 'network', 'loss', 'protocol')
     for p, r in zip(paths[1:], parts[1:]):
         if any(r[k] != parts[0][k] for k in keys): sys.exit(f'{p} is another protocol than {paths[0]}: {[k for k in keys if r[k] != parts[0][k]]}')
+        if r.get('device', 'cpu') != parts[0].get('device', 'cpu'):
+            sys.exit(f"{p} ran on {r.get('device', 'cpu')} and {paths[0]} on {parts[0].get('device', 'cpu')}: merge runs of one device only")
     res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-           **{k: parts[0][k] for k in keys}, 'merged_from': {p: {k: r.get(k) for k in ('command', 'date', 'load_average_start', 'load_average_end', 'machine')}
+           **{k: parts[0][k] for k in keys}, 'device': parts[0].get('device', 'cpu'), 'merged_from': {p: {k: r.get(k) for k in ('command', 'date', 'load_average_start', 'load_average_end', 'machine')}
                                                             for p, r in zip(paths, parts)},
            'runs': [run for r in parts for run in r['runs']]}
     seen = [(r['seed'], r['mode']) for r in res['runs']]
@@ -122,6 +124,7 @@ def main(argv=None):
     p.add_argument('--modes', default='exact,pyramid')
     p.add_argument('--steps', type=int, default=None, help="override the preset's steps")
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (the network and the loss; the patches are drawn on the CPU)")
     p.add_argument('--out')
     p.add_argument('--merge', help='comma-separated result files to combine (no training)')
     p.add_argument('--from-log', help="rebuild the result of a stopped run from its stderr, whose per-run JSON lines it "
@@ -138,7 +141,7 @@ def main(argv=None):
     res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
            'task': a.task, 'network': f"{network} ({cfg['size']})", 'loss': f'official-{a.task}',
            'protocol': 'scratch, quick preset: ' + json.dumps({k: cfg[k] for k in ('patch', 'batch', 'steps', 'lr', 'train_scale', 'max_train_images', 'max_test_images')}),
-           'load_average_start': os.getloadavg(), 'runs': []}
+           'device': a.device, 'load_average_start': os.getloadavg(), 'runs': []}
     if a.from_log:
         lines = [json.loads(line) for line in Path(a.from_log).read_text().splitlines() if line.startswith('{"seed"')]
         res['runs'] = [r for r in lines if r['mode'] in a.modes.split(',') and str(r['seed']) in a.seeds.split(',')]
@@ -155,9 +158,9 @@ def main(argv=None):
             sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], seed)
             torch.manual_seed(seed)
             model = make_network(network, cfg['size'])
-            loss = make_loss(f'official-{a.task}', mode, seed)
+            loss = make_loss(f'official-{a.task}', mode, seed).to(a.device)
             t0 = time.perf_counter()
-            info = train(model, loss, sampler, cfg['steps'], cfg['lr'], 0.8, progress=False, desc=f'{mode} seed {seed}')
+            info = train(model, loss, sampler, cfg['steps'], cfg['lr'], 0.8, device=a.device, progress=False, desc=f'{mode} seed {seed}')
             train_s = time.perf_counter() - t0
             run = dict(seed=seed, mode=mode, train_s=train_s, step_ms=1000*train_s/cfg['steps'],
                        final_loss=float(np.mean(info['history'][-max(1, len(info['history'])//10):])), test=evaluate(model, tests, spec))

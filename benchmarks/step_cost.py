@@ -67,8 +67,10 @@ def build_loss(method: str, seed: int = 0):
 
 class Trainer:
     "One method's network, optimizer and loss; `step` runs one training step."
-    def __init__(self, method: str, net: torch.nn.Module, lr: float):
-        self.method, self.net, self.loss = method, copy.deepcopy(net).train(), build_loss(method)
+    def __init__(self, method: str, net: torch.nn.Module, lr: float, device: str = 'cpu'):
+        self.method, self.net = method, copy.deepcopy(net).to(device).train()
+        self.loss = build_loss(method)
+        if isinstance(self.loss, torch.nn.Module): self.loss = self.loss.to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
 
     def step(self, inp: torch.Tensor, target: torch.Tensor) -> float:
@@ -77,7 +79,7 @@ class Trainer:
         loss = self.loss(self.net(inp), target)
         loss.backward()
         self.opt.step()
-        return loss.item()
+        return loss.item()  # waits for the GPU's queue too: the step is over when this returns
 
 
 def main(argv=None):
@@ -87,6 +89,7 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=3, help='untimed steps per method first (the samplers calibrate in the first)')
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--methods', default=','.join(METHODS))
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     p.add_argument('--out')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
@@ -96,15 +99,15 @@ def main(argv=None):
     spec = get_task('denoise')
     images = load_training_images(list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images']), cfg['train_scale'], cfg['patch'])
     sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], 0)
-    batches = [sampler.batch(i) for i in range(16)]
+    batches = [tuple(t.to(a.device) for t in sampler.batch(i)) for i in range(16)]
     torch.manual_seed(0)
     net = make_network(spec.networks[0], cfg['size'])
     methods = a.methods.split(',')
     res = {'command': ' '.join([Path(sys.executable).name, *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-           'machine': machine(), 'load_average_start': os.getloadavg(),
+           'machine': machine(), 'device': a.device, 'load_average_start': os.getloadavg(),
            'setup': f"{spec.networks[0]} ({cfg['size']}), batch {cfg['batch']} x 3 x {cfg['patch']} x {cfg['patch']}, Adam lr {cfg['lr']}, weights {WEIGHTS}",
            'timing': f'median over {a.rounds} round-robin rounds of the mean step time of a block of {a.block} steps', 'methods': {}}
-    trainers = {m: Trainer(m, net, cfg['lr']) for m in methods}
+    trainers = {m: Trainer(m, net, cfg['lr'], a.device) for m in methods}
     i = 0
     for m, t in trainers.items():
         for w in range(a.warmup): t.step(*batches[w % len(batches)])

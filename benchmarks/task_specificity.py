@@ -111,7 +111,7 @@ def config(job: dict, a, data: Path):
     return ExperimentConfig(task=job['task'], losses=(job['loss'],), train_dir=data / 'benchmarks' / 'CSun_Hays80',
                             test_dirs=[data / 'benchmarks' / s for s in SETS], preset=a.preset, protocols=('finetune',),
                             seed=job['seed'], networks=(job['network'],), out_dir=job['dir'], mdf_path=job['mdf_path'],
-                            max_test_images=a.max_test_images, **extra)
+                            max_test_images=a.max_test_images, device=a.device, **extra)
 
 
 def claim(folder: Path) -> bool:
@@ -153,7 +153,7 @@ def run_jobs(jobs: list[dict], a, data: Path) -> list[dict]:
             cfg = config(job, a, data)
             shared = Path(job['l1_dir']) / 'checkpoints' / job['network'] / 'pretrain-l1.pt'
             mine = folder / 'checkpoints' / job['network'] / 'pretrain-l1.pt'
-            if a.share_pretrain and job['column'] != 'l1' and (Path(job['l1_dir']) / 'results.json').is_file() and not mine.exists():
+            if a.share_pretrain and job['column'] != 'l1' and shared.is_file() and (Path(job['l1_dir']) / 'results.json').is_file() and not mine.exists():
                 mine.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shared, mine)  # the same L1 half as the L1 column's (same seed, data and steps)
             t0 = time.time()
@@ -388,6 +388,7 @@ def main(argv=None):
     p.add_argument('--aggregate-only', action='store_true', help='train nothing; rebuild the tables from the folders that exist')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (1 on a busy machine)')
+    p.add_argument('--device', default=None, help="torch device of the training ('cuda' on a GPU; default the CPU)")
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     a.tasks = [s.strip() for s in a.tasks.split(',') if s.strip()]
@@ -413,7 +414,8 @@ def main(argv=None):
     rep = {'command': 'python ' + ' '.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
            'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
            'machine': {'processor': platform.processor() or platform.machine(), 'platform': platform.platform(),
-                       'cpu_count': os.cpu_count()},
+                       'cpu_count': os.cpu_count(), 'device': a.device or 'cpu',
+                       **({'gpu': torch.cuda.get_device_name()} if torch.cuda.is_available() else {})},
            'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'mdf_loss': __version__},
            'threads': torch.get_num_threads(), 'load_average': load_average(), 'load_average_at_start': load0,
            'seconds_this_call': round(time.time() - t0, 1),

@@ -28,13 +28,22 @@ def test_demo_writes_figure_and_table(tmp_path):
     assert {p.name for p in out.iterdir()} == {'demo.png', 'results.md', 'results.json', 'phase1'}
     assert MDFLoss.load(out / 'phase1' / 'loss.safetensors').meta['task'] == 'denoise'
     res = json.loads((out / 'results.json').read_text())['results']
-    assert {'MDF (ours, trained now)', "MDF (authors' SISR)", 'L1', 'L2', 'SSIM', 'MS-SSIM'} <= set(res)
+    assert {'MDF (ours, trained now)', 'MDF (ours, shipped denoise)', "MDF (authors' SISR)", 'L1', 'L2', 'SSIM', 'MS-SSIM'} <= set(res)
     assert 'byte-identical' in res["MDF (authors' SISR)"]['what']
     for r_ in res.values():
         assert len(r_['psnr_curve']) == 4 and r_['psnr_curve'][-1] > r_['psnr_curve'][0]
     assert 'wrote' in r.stdout and 'demo.png' in r.stdout
     from PIL import Image
     assert Image.open(out / 'demo.png').size[0] > 600
+
+
+def test_demo_by_default_uses_the_shipped_loss_and_trains_nothing(tmp_path):
+    r = run('demo', '--steps', '2', '--size', '32', '--out', tmp_path / 'out')
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (tmp_path / 'out').iterdir()} == {'demo.png', 'results.md', 'results.json'}
+    rec = json.loads((tmp_path / 'out' / 'results.json').read_text())
+    assert rec['phase1']['loss'] is None and 'MDF (ours, trained now)' not in rec['results']
+    assert '--preset medium' in rec['results']['MDF (ours, shipped denoise)']['what']  # says how the shipped loss was made
 
 
 @pytest.mark.parametrize('args,message', [
