@@ -105,12 +105,12 @@ def demo_losses(ours: Path | None) -> tuple[dict, dict]:
     if ours is not None:
         losses['MDF (ours, trained now)'] = MDFLoss.load(ours)
         what['MDF (ours, trained now)'] = "this package's phase 1 run now, task denoise (sigma 25), quick preset size, on coffee.png"
-    shipped = MDFLoss.from_pretrained(DEFAULT_TASK)  # the shipped loss of the demo's task (denoising, sigma 25)
-    losses['MDF (ours, shipped denoise)'] = shipped
+    shipped, label = MDFLoss.from_pretrained(DEFAULT_TASK), f'MDF (ours, shipped {DEFAULT_TASK})'  # the demo's task: denoising
     made = shipped.meta.get('provenance', {})
-    what['MDF (ours, shipped denoise)'] = (f"this package's shipped 'denoise' loss: phase 1 on coffee.png, task denoise (sigma 25), "
-                                           f"{len(shipped.discriminators)} scales, made by `{made.get('command', 'not recorded')}` "
-                                           f"in {made.get('seconds', '?')} s")
+    losses[label] = shipped
+    what[label] = (f"this package's shipped '{DEFAULT_TASK}' loss: phase 1 on {shipped.meta['train_image']['name']}, "
+                   f"distortion {shipped.meta['distortion']}, {len(shipped.discriminators)} scales, "
+                   f"made by `{made.get('command', 'not recorded')}` in {made.get('seconds', '?')} s")
     losses["MDF (authors' SISR)"] = MDFLoss.from_pretrained('official-sisr')
     what["MDF (authors' SISR)"] = ("the authors' published SISR discriminators; their 'denoising' file is byte-identical to it, "
                                    "so it is also their denoising loss")
