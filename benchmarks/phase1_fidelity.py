@@ -16,12 +16,10 @@ prints JSON and writes OUT.json, OUT.md and OUT.png. A loss is a shipped name (`
 an interrupted run continues where it stopped and a new loss file is run afresh.
 """
 import argparse
-import datetime
 import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mdf_loss import MDFLoss, __version__
+from mdf_loss import MDFLoss
 from mdf_loss.baselines import get_loss
 from mdf_loss.core import data_dir, load_image, resize
 from mdf_loss.demo import reference_curves
@@ -38,6 +36,9 @@ from mdf_loss.loss import pixel_optimisation, relative_scales
 from mdf_loss.sensitivity import benchmark_crops, task_specificity
 from mdf_loss.tasks import get_task, task_names
 from mdf_loss.weights import pretrained_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, display_path, load_average, machine_summary, now, sha256, versions, write_pair  # noqa: E402
 
 DEFAULT_LOSSES = 'denoise,jpeg,sisr,official-sisr,official-jpeg'
 PUBLISHED = ('MDF', 'L1', 'L2', 'SSIM', 'MSSSIM', 'VGG')  # the published curves of the paper's figure
@@ -47,10 +48,6 @@ THRESHOLDS = (15, 20, 25, 30, 40)
 COLOURS = {'official-sisr': '#c44e52', 'MDF': '#c44e52', 'official-jpeg': '#8c564b', 'L1': '#4c72b0', 'L2': '#55a868',
            'SSIM': '#8172b2', 'MSSSIM': '#937860', 'VGG': '#da8bc3'}
 OURS_COLOURS = ['#dd8452', '#e6ab02', '#17becf', '#2ca02c', '#7f7f7f']
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parse_losses(spec: str) -> list[dict]:
@@ -73,7 +70,7 @@ def describe(entry: dict, loss: MDFLoss) -> dict:
     prov = dict(meta.get('provenance') or {})
     authors = prov.get('made_by') == 'mdf_loss.weights.import_official'
     cfg = prov.get('config') or {}
-    return {'label': entry['label'], 'path': entry['path'], 'sha256': sha256(entry['path']),
+    return {'label': entry['label'], 'path': display_path(entry['path']), 'sha256': sha256(entry['path']),
             'owner': 'authors' if authors else 'ours', 'task': meta.get('task'), 'distortion': meta.get('distortion'),
             'discriminators': len(loss.discriminators), 'used': loss.num_scales, 'widths': meta.get('widths'),
             'scale_sizes': meta.get('scale_sizes'),
@@ -151,7 +148,6 @@ def pixel_part(losses: dict, info: dict, a, root: Path, cache: Path | None) -> d
             t0 = time.perf_counter()
             c = pixel_optimisation(fn, start, target, steps=a.steps, lr=a.lr)
             return c, time.perf_counter() - t0, False
-        t0 = time.perf_counter()
         curve, seconds, hit = cached_curve(cache, key, go)
         print(f'pixel optimisation {label}: {curve[-1]:.2f} dB after {a.steps} steps, {seconds:.0f} s'
               f'{" (cached)" if hit else ""}', file=sys.stderr)
@@ -388,11 +384,6 @@ def markdown(res: dict) -> str:
     return '\n'.join(L) + '\n'
 
 
-def load_average():
-    try: return [round(v, 2) for v in os.getloadavg()]
-    except OSError: return None
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--losses', default=DEFAULT_LOSSES,
@@ -426,11 +417,8 @@ def main(argv=None):
     losses = {e['label']: MDFLoss.load(e['path']) for e in entries}
     info = {e['label']: describe(e, losses[e['label']]) for e in entries}
     cache = Path(a.cache) if a.cache else None
-    res = {'command': 'python ' + ' '.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-           'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-           'machine': {'processor': platform.processor() or platform.machine(), 'platform': platform.platform(),
-                       'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads()},
-           'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'mdf_loss': __version__},
+    res = {'command': command_line(argv), 'date': now(), 'machine': machine_summary(torch_threads=torch.get_num_threads()),
+           'versions': versions(),
            'losses': info}
     if 'pixel' in parts: res['pixel'] = pixel_part(losses, info, a, root, cache)
     if 'profile' in parts:
@@ -444,12 +432,11 @@ def main(argv=None):
     print(text)
     if a.out:
         out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix('.json').write_text(text + '\n')
         if 'pixel' in res:
+            out.parent.mkdir(parents=True, exist_ok=True)
             figure(res['pixel'], info, out.with_suffix('.png'))
             res['figure'] = out.with_suffix('.png').name
-        out.with_suffix('.md').write_text(markdown(res))
+        write_pair(out, text, markdown(res))
 
 
 if __name__ == '__main__':

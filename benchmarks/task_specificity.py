@@ -16,8 +16,6 @@ loss files (their folders are keyed by the file's sha256, so a new file is train
 rebuilds the tables from the folders that exist.
 """
 import argparse
-import datetime
-import hashlib
 import json
 import os
 import platform
@@ -29,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdf_loss import MDFLoss, __version__
+from mdf_loss import MDFLoss
 from mdf_loss.core import data_dir
 from mdf_loss.weights import pretrained_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, display_path, portable, load_average, machine_summary, now, sha256, versions, write_pair  # noqa: E402
 
 TASKS = ('denoise', 'jpeg', 'sisr')
 NETWORK = {'denoise': 'dncnn', 'jpeg': 'dncnn', 'sisr': 'srresnet'}
@@ -43,15 +44,6 @@ AUTHORS_OWN = {'denoise': 'official-sisr', 'sisr': 'official-sisr', 'jpeg': 'off
 DEFAULT_COLUMNS = 'l1,official-sisr,official-jpeg,ours-denoise,ours-jpeg,ours-sisr'
 FMT = {'psnr': '{:.2f}', 'ssim': '{:.4f}', 'haarpsi': '{:.4f}'}
 SFMT = {'psnr': '{:+.2f}', 'ssim': '{:+.4f}', 'haarpsi': '{:+.4f}'}
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_average():
-    try: return [round(v, 2) for v in os.getloadavg()]
-    except OSError: return None
 
 
 # ---------------------------------------------------------------- which runs
@@ -177,8 +169,8 @@ def summary(values: dict) -> dict:
             'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0, 'n': len(v), 'per_seed': {str(k): values[k] for k in sorted(values)}}
 
 
-def collect(jobs: list[dict]) -> tuple[dict, dict, list]:
-    "values[task][column][set/variant][measure][seed], the input's scores, and the folders read."
+def collect(jobs: list[dict], data: Path | None = None) -> tuple[dict, dict, list]:
+    "values[task][column][set/variant][measure][seed], the input's scores, and the folders read (data paths as $MDF_LOSS_DATA)."
     values, inputs, read = {}, {}, []
     for job in jobs:
         f = Path(job['dir']) / 'results.json'
@@ -186,7 +178,7 @@ def collect(jobs: list[dict]) -> tuple[dict, dict, list]:
         res = json.loads(f.read_text())
         tables = res['tables'][job['network']]
         read.append({'dir': job['dir'], 'column': job['column'], 'task': job['task'], 'seed': job['seed'],
-                     'command': res['command'], 'date': res['date'], 'seconds': round(res['seconds'], 1),
+                     'command': portable(res['command'], data), 'date': res['date'], 'seconds': round(res['seconds'], 1),
                      'torch_threads': res['machine'].get('torch_threads')})
         for key, rows in tables.items():
             for row in rows:
@@ -278,7 +270,7 @@ def markdown(rep: dict) -> str:
     rest = [c for c in cols if c not in ours and c not in theirs]
     order = ours + theirs + rest
     L = ['# Task specificity in restoration: each task trained with each task loss', '',
-         f"One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '',
+         "One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '',
          f"- date: {rep['date']}; machine: {rep['machine']['processor']}, {rep['machine']['cpu_count']} cores, "
          f"torch {rep['versions']['torch']}, {rep['threads']} torch thread(s) per experiment; mdf_loss {rep['versions']['mdf_loss']}",
          f"- load average when this report was made: {rep['load_average']}; the experiments took "
@@ -402,7 +394,7 @@ def main(argv=None):
     jobs = plan(a, files)
     t0, load0 = time.time(), load_average()
     log = [] if a.aggregate_only else run_jobs(jobs, a, data)
-    values, inputs, read = collect(jobs)
+    values, inputs, read = collect(jobs, data)
     table = cells(values)
     ours_cols = [f'ours-{t}' for t in TASKS]
     diag = {'ours': diagonal(table, lambda t: f'ours-{t}', lambda t: [c for c in ours_cols if c != f'ours-{t}'], key_of),
@@ -411,12 +403,8 @@ def main(argv=None):
     from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
     pre = EXPERIMENT_PRESETS[a.preset]
     steps = a.steps or pre['steps']
-    rep = {'command': 'python ' + ' '.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-           'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-           'machine': {'processor': platform.processor() or platform.machine(), 'platform': platform.platform(),
-                       'cpu_count': os.cpu_count(), 'device': a.device or 'cpu',
-                       **({'gpu': torch.cuda.get_device_name()} if torch.cuda.is_available() else {})},
-           'versions': {'python': platform.python_version(), 'torch': torch.__version__, 'mdf_loss': __version__},
+    rep = {'command': command_line(argv), 'date': now(), 'machine': machine_summary(device=a.device or 'cpu'),
+           'versions': versions(),
            'threads': torch.get_num_threads(), 'load_average': load_average(), 'load_average_at_start': load0,
            'seconds_this_call': round(time.time() - t0, 1),
            'experiment_seconds': sum(r['seconds'] for r in read),
@@ -426,7 +414,7 @@ def main(argv=None):
                          f"batch {pre['batch']} of {pre['patch']} px patches",
            'seeds': a.seeds, 'tasks': a.tasks, 'sets': list(SETS), 'measures': list(MEASURES),
            'columns': list(dict.fromkeys(j['column'] for j in jobs)),
-           'losses': files, 'matrix_columns': ours_cols, 'primary_variant': PRIMARY_VARIANT,
+           'losses': {c: {**f, 'path': display_path(f['path'])} for c, f in files.items()}, 'matrix_columns': ours_cols, 'primary_variant': PRIMARY_VARIANT,
            'table': table, 'inputs': inputs, 'diagonal': diag,
            'diagonal_tally': {k: tally(v) for k, v in diag.items()},
            'experiments': read,
@@ -437,11 +425,7 @@ def main(argv=None):
     rep['verdict_lines'] = verdict_lines(diag, nseeds)
     text = json.dumps(rep, indent=1)
     print(text)
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix('.json').write_text(text + '\n')
-        out.with_suffix('.md').write_text(markdown(rep))
+    if a.out: write_pair(a.out, text, markdown(rep))
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_adversarial.ipynb 3
 from __future__ import annotations
-import dataclasses, datetime, hashlib, io, json, math, os, time, warnings
+import datetime, hashlib, io, math, os, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +19,8 @@ from .core import (load_image, resize, singan_pyramid, singan_reals, singan_resi
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, identity
 from .tasks import DEFAULT_TASK, get_task, task_names
-from .weights import append_log, checkpoint_path, read_checkpoint, trim_log, write_checkpoint, write_weights
+from .weights import (JSONConfig, append_log, checkpoint_path, need, read_checkpoint, trim_log, write_checkpoint,
+                              write_weights)
 
 # %% auto 0
 __all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'ARITHMETICS', 'STREAMS', 'TERMS', 'NOT_IN_FINGERPRINT', 'TrainConfig', 'scale_sizes',
@@ -35,9 +36,6 @@ PRESETS = {
 DIVERGENCE_ACTIONS = ('raise', 'restart')
 ARITHMETICS = ('singan', 'v0')  # 'v0': the rounding and resizing of runs made before SinGAN's own were adopted
 
-def _need(ok: bool, message: str):
-    if not ok: raise ValueError(message)
-
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 def _is_num(v) -> bool: return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -49,7 +47,7 @@ _NUMBERS = [  # (fields, test, what they must be)
 
 # %% ../nbs/06_adversarial.ipynb
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     "Everything that defines a phase-1 run; SinGAN's defaults unless a preset or you say otherwise."
     task: str = DEFAULT_TASK  # a registered task: 'denoise', 'jpeg', 'sisr', 'deblur', 'custom' or one of yours
     distortion: dict = field(default_factory=dict)  # the task's parameters, e.g. {'sigma': 25}; task defaults otherwise
@@ -81,57 +79,44 @@ class TrainConfig:
     restart_lr_factor: float = 0.5
     divergence_limit: float = 1e6  # a loss or gradient norm above this counts as divergence
     arithmetic: str = 'singan'  # 'singan': SinGAN's pyramid, resizer and initialisation; 'v0': that of older runs, to resume them
+    _absent_means = {'arithmetic': 'v0'}  # a config saved before the field existed describes a 'v0' run
 
     def __post_init__(self):
         self.betas, self.value_range = tuple(self.betas), tuple(self.value_range)
         if isinstance(self.image, os.PathLike): self.image = str(self.image)
-        _need(isinstance(self.task, str) and self.task in task_names('phase1'), f"task must be one of {', '.join(task_names('phase1'))}; got {self.task!r}")
-        _need(isinstance(self.distortion, dict), f"distortion must be a dict of the task's parameters such as {{'sigma': 25}}; got {self.distortion!r}")
+        need(isinstance(self.task, str) and self.task in task_names('phase1'), f"task must be one of {', '.join(task_names('phase1'))}; got {self.task!r}")
+        need(isinstance(self.distortion, dict), f"distortion must be a dict of the task's parameters such as {{'sigma': 25}}; got {self.distortion!r}")
         if not get_task(self.task).open:
-            _need(self.custom_fn is None, f"custom_fn is only for task 'custom', not {self.task!r}")
-            _need(get_task(self.task).phase1 != 'zero' or not self.distortion,
+            need(self.custom_fn is None, f"custom_fn is only for task 'custom', not {self.task!r}")
+            need(get_task(self.task).phase1 != 'zero' or not self.distortion,
                   f"task {self.task!r} takes no phase-1 parameters, got {self.distortion}: its phase 1 injects nothing (z_k = 0)")
             get_task(self.task).make(**self.distortion)  # raises on a wrong or bad parameter
-        _need(self.custom_fn is None or (isinstance(self.custom_fn, str) and ':' in self.custom_fn),
+        need(self.custom_fn is None or (isinstance(self.custom_fn, str) and ':' in self.custom_fn),
               f"custom_fn must be 'module:function', got {self.custom_fn!r}")
-        _need(self.image is None or isinstance(self.image, str), f"image must be a path or None, got {self.image!r}")
+        need(self.image is None or isinstance(self.image, str), f"image must be a path or None, got {self.image!r}")
         for names, ok, what in _NUMBERS:
-            for name in names: _need(ok(getattr(self, name)), f"{name} must be {what}, got {getattr(self, name)!r}")
-        _need(self.min_size >= 11, f"min_size must be at least 11 px (the critic's receptive field), got {self.min_size}")
-        _need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
-        _need(_is_num(self.scale_factor) and 0 < self.scale_factor < 1, f"scale_factor must be in (0, 1), got {self.scale_factor!r}")
-        _need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}")
-        _need(_is_num(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1, f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}")
-        _need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        _need(len(self.value_range) == 2 and all(_is_num(v) for v in self.value_range) and self.value_range[0] < self.value_range[1],
+            for name in names: need(ok(getattr(self, name)), f"{name} must be {what}, got {getattr(self, name)!r}")
+        need(self.min_size >= 11, f"min_size must be at least 11 px (the critic's receptive field), got {self.min_size}")
+        need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
+        need(_is_num(self.scale_factor) and 0 < self.scale_factor < 1, f"scale_factor must be in (0, 1), got {self.scale_factor!r}")
+        need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}")
+        need(_is_num(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1, f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}")
+        need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        need(len(self.value_range) == 2 and all(_is_num(v) for v in self.value_range) and self.value_range[0] < self.value_range[1],
               f"value_range must be (low, high) with low < high, such as (-1, 1); got {self.value_range!r}")
-        _need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        _need(isinstance(self.fixed_rec_noise, bool), f"fixed_rec_noise must be True or False, got {self.fixed_rec_noise!r}")
-        _need(self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}")
-        _need(self.on_divergence in DIVERGENCE_ACTIONS, f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}")
-        _need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
+        need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        need(isinstance(self.fixed_rec_noise, bool), f"fixed_rec_noise must be True or False, got {self.fixed_rec_noise!r}")
+        need(self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}")
+        need(self.on_divergence in DIVERGENCE_ACTIONS, f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}")
+        need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
         "The config of preset `name` ('quick', 'medium' or 'paper'), with `overrides` applied."
-        _need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], 'preset': name, **overrides})
 
-    def to_dict(self) -> dict:
-        "The config as a JSON-ready dict."
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        "A config from `to_dict` output; unknown keys are refused."
-        _need(isinstance(d, dict), f"a config must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        _need(not unknown, f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**{'arithmetic': 'v0', **d})  # a config saved before the field existed describes a 'v0' run
-
-    def to_json(self) -> str: return json.dumps(self.to_dict(), indent=1)
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig: return cls.from_dict(json.loads(text))
 
 # %% ../nbs/06_adversarial.ipynb
 def scale_sizes(cfg: TrainConfig, image_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -345,14 +330,14 @@ def resolve_distortion(cfg: TrainConfig, distortion: Distortion | Callable | Non
     "The `Distortion` of a run: the task's built-in one, or for 'custom' the given one or (new runs only) `cfg.custom_fn`."
     spec = get_task(cfg.task)
     if not spec.open:
-        _need(distortion is None, f"distortion= is only for task 'custom'; for {cfg.task!r} set the parameters in TrainConfig.distortion")
+        need(distortion is None, f"distortion= is only for task 'custom'; for {cfg.task!r} set the parameters in TrainConfig.distortion")
         return Distortion('identity', {}, identity) if spec.phase1 == 'zero' else spec.make(**cfg.distortion)
     if distortion is None and resume_dir is not None:
         raise ValueError(f"resuming a 'custom' run needs its distortion from you: train(cfg, out, resume=True, distortion=my_distortion), "
                          f"or on the command line --custom MODULE:FUNCTION again. The function named in {Path(resume_dir)/'config.json'} "
                          f"({cfg.custom_fn!r}) is not imported, because a run folder may come from someone else and importing runs its code.")
     if distortion is None:
-        _need(cfg.custom_fn is not None, "task 'custom' needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
+        need(cfg.custom_fn is not None, "task 'custom' needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
                                          "or TrainConfig(custom_fn='module:function')")
         distortion = load_function(cfg.custom_fn, 'custom distortion')
     if isinstance(distortion, Distortion): return distortion
@@ -412,7 +397,7 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
           hook: Callable | None = None, # hook(scale, iteration, terms) each iteration; may return replacement terms
          ) -> Path:
     "Train the discriminator pyramid of `cfg` in `out_dir`; returns the path of the loss file `out_dir/loss.safetensors`."
-    _need(isinstance(cfg, TrainConfig), f"cfg must be a TrainConfig (see TrainConfig.from_preset), got {type(cfg).__name__}")
+    need(isinstance(cfg, TrainConfig), f"cfg must be a TrainConfig (see TrainConfig.from_preset), got {type(cfg).__name__}")
     out = Path(out_dir); ckdir = out/'checkpoints'; log_path = out/'log.jsonl'
     dist = resolve_distortion(cfg, distortion, resume_dir=out if resume else None)
     device = resolve_device(cfg.device)
@@ -440,7 +425,7 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
             raise ValueError(f"{path} was trained with other settings ({', '.join(diff)} differ){hint}; resume with the same "
                              f"settings (see {out/'config.json'}) or start a new folder")
         if k == 0:
-            _need(z_opt is not None and tuple(z_opt.shape) == tuple(reals[0].shape),
+            need(z_opt is not None and tuple(z_opt.shape) == tuple(reals[0].shape),
                   f"{path}: its z_opt is missing or not of the coarsest scale's shape {tuple(reals[0].shape)}; delete it to retrain that scale")
             pyr.z_opt = z_opt.to(device)
         pyr.add(G.to(device), info['noise_amp']); discriminators.append(D.to(device)); infos.append(info)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .tasks import OPEN_TASK, get_task, task_names
+from .weights import need
 
 # %% auto 0
 __all__ = ['strength_options', 'strength_of', 'train_arguments', 'train_config_from_args', 'cli_train', 'experiment_arguments',
@@ -63,12 +64,9 @@ def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a('--no-progress', action='store_true', help='no progress bars')
     return parser
 
-def _need(ok: bool, message: str):
-    if not ok: raise ValueError(message)
-
 def _parse_param(text: str) -> tuple[str, object]:
     name, sep, value = text.partition('=')
-    _need(sep and name.isidentifier(), f"--param must look like NAME=VALUE, got {text!r}")
+    need(sep and name.isidentifier(), f"--param must look like NAME=VALUE, got {text!r}")
     try: return name, json.loads(value)
     except json.JSONDecodeError: return name, value
 
@@ -78,12 +76,12 @@ def train_config_from_args(args):
     get = lambda name: getattr(args, name, None)
     out, stored = get('out'), None
     if get('resume'):
-        _need(out is not None, "--resume needs --out: the folder of the run to continue")
-        _need((Path(out)/'config.json').is_file(), f"there is no phase-1 run to resume in {out} (no config.json); "
+        need(out is not None, "--resume needs --out: the folder of the run to continue")
+        need((Path(out)/'config.json').is_file(), f"there is no phase-1 run to resume in {out} (no config.json); "
                                                     "check the folder, or start a new run without --resume")
         stored = TrainConfig.from_json((Path(out)/'config.json').read_text())
     task = get('task') or (stored.task if stored else None)
-    _need(task is not None, f"--task is required for a new run: one of {', '.join(task_names('phase1'))}")
+    need(task is not None, f"--task is required for a new run: one of {', '.join(task_names('phase1'))}")
     spec = get_task(task)
     strength = strength_of(args, task, 'phase1')
     if not spec.open and (get('custom_fn') or get('param')): raise ValueError(f"--custom and --param apply to --task {OPEN_TASK}, not {task}")
@@ -121,7 +119,7 @@ def _train_command(args) -> str:
 
 def _threads(n: int | None):
     if n is None: return
-    _need(n >= 1, f"--threads must be a positive integer, got {n}")
+    need(n >= 1, f"--threads must be a positive integer, got {n}")
     torch.set_num_threads(n)
 
 def cli_train(args) -> int:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_weights.ipynb 3
 from __future__ import annotations
-import datetime, hashlib, io, json, math, pickle, struct
+import dataclasses, datetime, hashlib, io, json, math, pickle, struct
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from .core import ASSETS, atomic_write_bytes, package_version, read_tensors, wri
 __all__ = ['FORMAT_VERSION', 'META_KEY', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL', 'PRETRAINED', 'ALIASES', 'CHECKPOINT_KEY',
            'CHECKPOINT_VERSION', 'MAX_CHECKPOINT_WIDTH', 'WeightFileError', 'write_weights', 'read_weights',
            'UnsafePickleError', 'import_official', 'available', 'pretrained_path', 'read_pretrained',
-           'convert_official', 'checkpoint_path', 'write_checkpoint', 'read_checkpoint', 'append_log', 'trim_log',
-           'same_weights']
+           'convert_official', 'need', 'JSONConfig', 'checkpoint_path', 'write_checkpoint', 'read_checkpoint',
+           'append_log', 'trim_log', 'same_weights']
 
 # %% ../nbs/04_weights.ipynb
 FORMAT_VERSION = 1
@@ -277,6 +277,37 @@ def convert_official(src, dst, task: str | None = None) -> Path:
     ds, meta = import_official(src, task=task)
     meta['provenance']['command'] = f'mdf-loss convert-official {Path(src).name} {Path(dst).name}' + (f' --task {task}' if task else '')
     return write_weights(ds, dst, meta)
+
+# %% ../nbs/04_weights.ipynb
+def need(ok: bool, message: str):
+    "Raise `ValueError(message)` unless `ok`."
+    if not ok: raise ValueError(message)
+
+class JSONConfig:
+    "Base of the settings dataclasses that runs record: to a JSON-ready dict and back, unknown keys refused by name."
+    _absent_means = {}  # fields missing from files written before they existed -> the value those files meant
+
+    def to_dict(self) -> dict:
+        "The settings as a JSON-ready dict (tuples become lists)."
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        "The settings as indented JSON."
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        "The settings from `to_dict` output; a key that is not a field is refused."
+        need(isinstance(d, dict), f"a config must be a dict, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(d) - set(names)
+        need(not unknown, f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(names)}")
+        return cls(**{**cls._absent_means, **d})
+
+    @classmethod
+    def from_json(cls, text: str):
+        "The settings from `to_json` output."
+        return cls.from_dict(json.loads(text))
 
 # %% ../nbs/04_weights.ipynb
 CHECKPOINT_KEY = 'mdf_loss_checkpoint'

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core import atomic_write_bytes
+from ..weights import JSONConfig, need
 from ..tasks import DEFAULT_TASK, TaskSpec, get_task, task_names
 from ..loss import MDFLoss
 from ..baselines import SWEEP_WEIGHTS, find_weights, get_loss, loss_needs, parse_loss_name
@@ -41,9 +42,6 @@ DEFAULT_LOSSES = ('l1', 'l2', 'ssim', 'mdf-official')
 SELECT_BY = ('haarpsi', 'ssim', 'psnr')  # validation crops are 96 px: too small for MS-SSIM
 WEIGHT_KINDS = ('vgg16', 'alexnet', 'lpips-alex')
 
-def _need(ok: bool, message: str):
-    if not ok: raise ValueError(message)
-
 def _names(v) -> tuple:
     "A comma-separated string or a sequence, as a tuple of stripped, non-empty strings."
     items = v.split(',') if isinstance(v, str) else list(v)
@@ -51,7 +49,7 @@ def _names(v) -> tuple:
 
 # %% ../../nbs/09e_experiment.ipynb
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(JSONConfig):
     "Everything that defines a restoration experiment; the preset's sizes unless you say otherwise."
     task: str = DEFAULT_TASK  # a registered task with restoration variants
     train_dir: str | None = None  # folder of training images
@@ -85,7 +83,7 @@ class ExperimentConfig:
     every: int | None = None  # steps between checkpoints
 
     def __post_init__(self):
-        _need(self.preset in EXPERIMENT_PRESETS, f"preset must be one of {list(EXPERIMENT_PRESETS)}, got {self.preset!r}")
+        need(self.preset in EXPERIMENT_PRESETS, f"preset must be one of {list(EXPERIMENT_PRESETS)}, got {self.preset!r}")
         for k, v in EXPERIMENT_PRESETS[self.preset].items():  # the preset fills every size left unset
             if getattr(self, k) is None: setattr(self, k, v)
         self.losses, self.protocols = _names(self.losses), _names(self.protocols)
@@ -96,26 +94,26 @@ class ExperimentConfig:
         self.weight_paths = {k: str(v) for k, v in dict(self.weight_paths or {}).items()}
         if self.networks is not None: self.networks = _names(self.networks)
         if self.lr_grid is not None: self.lr_grid = tuple(self.lr_grid) if not isinstance(self.lr_grid, str) else tuple(_names(self.lr_grid))
-        _need(isinstance(self.task, str) and self.task in task_names('restoration'),
+        need(isinstance(self.task, str) and self.task in task_names('restoration'),
               f"task must be one of {task_names('restoration')}, got {self.task!r}")
-        _need(bool(self.losses), "losses is empty; give a comma-separated list such as l1,l2,ssim,mdf-official")
-        _need(len(set(self.losses)) == len(self.losses), f"losses names a loss twice: {list(self.losses)}")
-        _need(bool(self.protocols) and all(p in PROTOCOLS for p in self.protocols),
+        need(bool(self.losses), "losses is empty; give a comma-separated list such as l1,l2,ssim,mdf-official")
+        need(len(set(self.losses)) == len(self.losses), f"losses names a loss twice: {list(self.losses)}")
+        need(bool(self.protocols) and all(p in PROTOCOLS for p in self.protocols),
               f"protocol must be a comma-separated list of {PROTOCOLS}, got {list(self.protocols)}")
         for n in self.networks or ():
-            _need(n in NETWORKS, f"unknown network {n!r}; choose from {list(NETWORKS)}")
+            need(n in NETWORKS, f"unknown network {n!r}; choose from {list(NETWORKS)}")
         for name in ('steps', 'patch', 'batch', 'every', 'val_crops'):
             v = getattr(self, name)
-            _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}")
-        _need('finetune' not in self.protocols or self.steps >= 2, "the finetune protocol needs steps >= 2")
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        need('finetune' not in self.protocols or self.steps >= 2, "the finetune protocol needs steps >= 2")
         if self.lr_grid is not None:
             try: self.lr_grid = tuple(float(v) for v in self.lr_grid)
             except (TypeError, ValueError): raise ValueError(f"lr_grid must be a comma-separated list of learning rates, got {self.lr_grid!r}") from None
-            _need(bool(self.lr_grid) and all(v > 0 for v in self.lr_grid), f"lr_grid must be a list of positive learning rates, got {list(self.lr_grid)}")
-        _need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
-        _need(self.select_by in SELECT_BY, f"select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}")
-        _need(set(self.weight_paths) <= set(WEIGHT_KINDS), f"weight_paths keys must be among {WEIGHT_KINDS}, got {sorted(self.weight_paths)}")
-        _need(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+            need(bool(self.lr_grid) and all(v > 0 for v in self.lr_grid), f"lr_grid must be a list of positive learning rates, got {list(self.lr_grid)}")
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(self.select_by in SELECT_BY, f"select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}")
+        need(set(self.weight_paths) <= set(WEIGHT_KINDS), f"weight_paths keys must be among {WEIGHT_KINDS}, got {sorted(self.weight_paths)}")
+        need(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
         if self.strength is not None: self.spec  # checks the strength against the task
 
     @classmethod
@@ -135,17 +133,7 @@ class ExperimentConfig:
         "The sizes of the run (the preset's fields), as results.json records them."
         return {k: getattr(self, k) for k in EXPERIMENT_PRESETS[self.preset]}
 
-    def to_dict(self) -> dict:
-        "The config as a JSON-ready dict."
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ExperimentConfig:
-        "A config from `to_dict` output; unknown keys are refused."
-        _need(isinstance(d, dict), f"a config must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        _need(not unknown, f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**d)
 
 # %% ../../nbs/09e_experiment.ipynb
 def _command(self: ExperimentConfig) -> str:
@@ -240,7 +228,7 @@ class RunResult:
 class Experiment:
     "One restoration experiment: its checked config and loaded data; `run()` trains, evaluates and writes the outputs."
     def __init__(self, cfg: ExperimentConfig, progress: bool = True, command: str | None = None):
-        _need(isinstance(cfg, ExperimentConfig), f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
+        need(isinstance(cfg, ExperimentConfig), f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
         self.cfg, self.spec, self.progress, self.command = cfg, cfg.spec, progress, command or cfg.command()
         for name in cfg.losses: get_loss(name, task=cfg.task, mdf_path=cfg.mdf_path, **_loss_paths(cfg.weight_paths))
         if cfg.train_dir is None: raise ValueError("--train is required: a folder of training images")

@@ -1,0 +1,71 @@
+"""What the report-writing benchmarks share: file fingerprints, the load average, the command line that ran, paths
+written relative to the repository (never a machine's absolute path), and the JSON + Markdown pair they leave."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from mdf_loss import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_average() -> list[float] | None:
+    "The 1, 5 and 15 minute load averages, rounded (None where the platform has none)."
+    try: return [round(v, 2) for v in os.getloadavg()]
+    except OSError: return None
+
+
+def command_line(argv=None) -> str:
+    "The command that ran, as a reader would type it from the repository root."
+    return 'python ' + ' '.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+
+
+def display_path(path) -> str:
+    "A path as a reader of the report can find it: relative to the repository, or to the package for its assets."
+    p = Path(path).resolve()
+    for root in (REPO, Path(__import__('mdf_loss').__file__).resolve().parent.parent):
+        try: return p.relative_to(root).as_posix()
+        except ValueError: pass
+    return p.name
+
+
+def portable(text: str, data=None) -> str:
+    "A recorded command without this machine's folders: the data folder as $MDF_LOSS_DATA, repository paths relative."
+    if data: text = text.replace(str(Path(data).resolve()), '$MDF_LOSS_DATA').replace(str(data), '$MDF_LOSS_DATA')
+    return text.replace(str(REPO) + os.sep, '')
+
+
+def machine_summary(**extra) -> dict:
+    "Processor, platform and core count, plus the GPU's name when one is visible."
+    info = {'processor': platform.processor() or platform.machine(), 'platform': platform.platform(),
+            'cpu_count': os.cpu_count(), **extra}
+    if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+def versions() -> dict:
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'mdf_loss': __version__}
+
+
+def write_pair(out, text: str, markdown: str) -> Path:
+    "Write OUT.json (the printed JSON) and OUT.md beside it; return OUT without a suffix."
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(text + '\n')
+    out.with_suffix('.md').write_text(markdown)
+    return out
