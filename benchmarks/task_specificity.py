@@ -272,7 +272,8 @@ def markdown(rep: dict) -> str:
     L = ['# Task specificity in restoration: each task trained with each task loss', '',
          "One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '',
          f"- date: {rep['date']}; machine: {rep['machine']['processor']}, {rep['machine']['cpu_count']} cores, "
-         f"torch {rep['versions']['torch']}, {rep['threads']} torch thread(s) per experiment; mdf_loss {rep['versions']['mdf_loss']}",
+         f"torch {rep['versions']['torch']}, {'/'.join(map(str, sorted({e['torch_threads'] for e in rep['experiments'] if e.get('torch_threads')}))) or '?'} "
+         f"torch thread(s) per experiment; mdf_loss {rep['versions']['mdf_loss']}",
          f"- load average when this report was made: {rep['load_average']}; the experiments took "
          f"{rep['experiment_seconds'] / 3600:.1f} h of wall time in all ({len(rep['experiments'])} folders; per-folder dates, "
          "commands and times are in the JSON)",
@@ -333,7 +334,7 @@ def markdown(rep: dict) -> str:
                            f"[{', '.join(SFMT[m].format(d) for d in v['paired_diffs'])}]" for k, v in r['versus'].items())
             L.append(f"| {r['task']} | {r['set']} | {m} | {r['own']}: {FMT[m].format(r['own_mean'])} | {vs} | **{r['verdict']}** |")
         L.append('')
-    L += ['## Verdict', ''] + [f'- {line}' for line in rep['verdict_lines']] + ['']
+    L += ['## Verdict', ''] + [f"  - {line[2:]}" if line.startswith('  ') else f'- {line}' for line in rep['verdict_lines']] + ['']
     if rep['missing']:
         L += ['## Not run', '', f"{len(rep['missing'])} experiment folder(s) have no results yet: " +
               ', '.join(f"{j['task']}/seed{j['seed']}/{j['column']}" for j in rep['missing']) + '.', '']
