@@ -6,11 +6,13 @@ import datetime
 import hashlib
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+import mdf_loss
 from mdf_loss import __version__
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ def now() -> str:
 def display_path(path) -> str:
     "A path as a reader of the report can find it: relative to the repository, or to the package for its assets."
     p = Path(path).resolve()
-    for root in (REPO, Path(__import__('mdf_loss').__file__).resolve().parent.parent):
+    for root in (REPO, Path(mdf_loss.__file__).resolve().parent.parent):
         try: return p.relative_to(root).as_posix()
         except ValueError: pass
     return p.name
@@ -50,10 +52,16 @@ def portable(text: str, data=None) -> str:
     return text.replace(str(REPO) + os.sep, '')
 
 
-def machine_summary(**extra) -> dict:
-    "Processor, platform and core count, plus the GPU's name when one is visible."
-    info = {'processor': platform.processor() or platform.machine(), 'platform': platform.platform(),
-            'cpu_count': os.cpu_count(), **extra}
+def machine() -> dict:
+    "CPU model and capability, cores, torch version and threads, and the GPU's name when one is visible."
+    model = platform.processor()
+    try:
+        lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+        model = next((l.split(':', 1)[1].strip() for l in lscpu.splitlines() if l.startswith('Model name')), model)
+    except OSError: pass
+    info = {'cpu_model': model, 'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+            'python': platform.python_version(), 'platform': platform.platform(),
+            'cpu_capability': torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name()
     return info
 

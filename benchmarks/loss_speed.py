@@ -30,7 +30,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,9 @@ import torch.nn.functional as F
 from mdf_loss import MDFLoss
 from mdf_loss.core import bundled_image_path, load_image, resize
 from mdf_loss.loss import feature_distance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402,F401  (the other benchmarks import it from here too)
 
 WEIGHTS = 'official-sisr'
 
@@ -323,20 +325,6 @@ def run_config(methods, batch, size, num_scales, device, repeats, threads, memor
         print(f"  {m:18s} {t:8.3f} s (min {min(wall[m]):.3f})  x{(ref_t or t)/t:5.2f} vs reference  "
               f"{t/vgg_t if vgg_t else float('nan'):5.2f} x vgg16  peak {r.get('peak_mb')} MB", file=sys.stderr, flush=True)
     return out
-
-
-def machine() -> dict:
-    "CPU model, cores, torch version and threads."
-    model = platform.processor()
-    try:
-        lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-        model = next((l.split(':', 1)[1].strip() for l in lscpu.splitlines() if l.startswith('Model name')), model)
-    except OSError: pass
-    info = {'cpu_model': model, 'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-            'python': platform.python_version(), 'platform': platform.platform(),
-            'cpu_capability': torch.backends.cpu.get_cpu_capability()}
-    if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name()
-    return info
 
 
 def report(res: dict, out: str | None = None) -> None:

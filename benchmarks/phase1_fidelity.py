@@ -38,7 +38,7 @@ from mdf_loss.tasks import get_task, task_names
 from mdf_loss.weights import pretrained_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, display_path, load_average, machine_summary, now, sha256, versions, write_pair  # noqa: E402
+from common import command_line, display_path, load_average, machine, now, sha256, versions, write_pair  # noqa: E402
 
 DEFAULT_LOSSES = 'denoise,jpeg,sisr,official-sisr,official-jpeg'
 PUBLISHED = ('MDF', 'L1', 'L2', 'SSIM', 'MSSSIM', 'VGG')  # the published curves of the paper's figure
@@ -308,7 +308,7 @@ def compare_sentences(pixel: dict, prof: dict, info: dict) -> list[str]:
 def markdown(res: dict) -> str:
     pixel, prof, info = res.get('pixel'), res.get('profile'), res['losses']
     L = ['# Ours against theirs, size for size', '', f"- command: `{res['command']}`",
-         f"- date: {res['date']}; machine: {res['machine']['processor']}, {res['machine']['cpu_count']} cores, "
+         f"- date: {res['date']}; machine: {res['machine']['cpu_model']}, {res['machine']['cpu_count']} cores, "
          f"torch {res['versions']['torch']} ({res['machine']['torch_threads']} thread(s)), mdf_loss {res['versions']['mdf_loss']}",
          f"- load average at start {res['load_average']['start']}, at end {res['load_average']['end']}; {res['seconds']:.0f} s in all", '',
          '## The losses', '',
@@ -417,7 +417,7 @@ def main(argv=None):
     losses = {e['label']: MDFLoss.load(e['path']) for e in entries}
     info = {e['label']: describe(e, losses[e['label']]) for e in entries}
     cache = Path(a.cache) if a.cache else None
-    res = {'command': command_line(argv), 'date': now(), 'machine': machine_summary(torch_threads=torch.get_num_threads()),
+    res = {'command': command_line(argv), 'date': now(), 'machine': machine(),
            'versions': versions(),
            'losses': info}
     if 'pixel' in parts: res['pixel'] = pixel_part(losses, info, a, root, cache)

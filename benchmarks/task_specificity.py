@@ -32,7 +32,7 @@ from mdf_loss.core import data_dir
 from mdf_loss.weights import pretrained_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, display_path, portable, load_average, machine_summary, now, sha256, versions, write_pair  # noqa: E402
+from common import command_line, display_path, portable, load_average, machine, now, sha256, versions, write_pair  # noqa: E402
 
 TASKS = ('denoise', 'jpeg', 'sisr')
 NETWORK = {'denoise': 'dncnn', 'jpeg': 'dncnn', 'sisr': 'srresnet'}
@@ -271,8 +271,8 @@ def markdown(rep: dict) -> str:
     order = ours + theirs + rest
     L = ['# Task specificity in restoration: each task trained with each task loss', '',
          "One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '',
-         f"- date: {rep['date']}; machine: {rep['machine']['processor']}, {rep['machine']['cpu_count']} cores, "
-         f"torch {rep['versions']['torch']}, {'/'.join(map(str, sorted({e['torch_threads'] for e in rep['experiments'] if e.get('torch_threads')}))) or '?'} "
+         f"- date: {rep['date']}; machine: {rep['machine']['cpu_model']}, {rep['machine']['cpu_count']} cores, "
+         f"torch {rep['versions']['torch']}, {'/'.join(map(str, rep['threads_per_experiment'])) or '?'} "
          f"torch thread(s) per experiment; mdf_loss {rep['versions']['mdf_loss']}",
          f"- load average when this report was made: {rep['load_average']}; the experiments took "
          f"{rep['experiment_seconds'] / 3600:.1f} h of wall time in all ({len(rep['experiments'])} folders; per-folder dates, "
@@ -404,9 +404,9 @@ def main(argv=None):
     from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
     pre = EXPERIMENT_PRESETS[a.preset]
     steps = a.steps or pre['steps']
-    rep = {'command': command_line(argv), 'date': now(), 'machine': machine_summary(device=a.device or 'cpu'),
+    rep = {'command': command_line(argv), 'date': now(), 'machine': {**machine(), 'device': a.device or 'cpu'},
            'versions': versions(),
-           'threads': torch.get_num_threads(), 'load_average': load_average(), 'load_average_at_start': load0,
+           'threads_per_experiment': sorted({r['torch_threads'] for r in read if r.get('torch_threads')}), 'load_average': load_average(), 'load_average_at_start': load0,
            'seconds_this_call': round(time.time() - t0, 1),
            'experiment_seconds': sum(r['seconds'] for r in read),
            'preset': a.preset, 'steps': steps, 'max_test_images': a.max_test_images,
