@@ -6,6 +6,12 @@ patches and steps, trained once per MDF mode (and per seed), then PSNR/SSIM on t
 the exact mode's on every test set. The spread between seeds of the exact mode is reported beside it, so
 that a difference can be read against the noise of training itself.
 
+The summary `paired` compares each mode with the exact mode of the same seed (same initial weights and patches),
+as every report does (`benchmarks/stats.py`): per test set and measure, the mean per-seed difference with its 95%
+Student-t interval, the verdict by the interval (win above 0, loss below, tie when it contains 0; one seed: tie, no
+interval), the detectable difference, and non-inferiority against the bar: shown when the interval's lower bound is
+above -bar on every test set and measure, failed when some upper bound is below -bar, not shown otherwise.
+
 Modes: `exact` (the default MDFLoss), `pyramid` (mode='pyramid'), `bf16` (dtype=torch.bfloat16), `scalesN`
 (num_scales=N: fewer taps, the N coarsest-trained discriminators, which are also the narrowest) and `sampleF`
 (sample=F: a random subset of the discriminators costing the fraction F of the exact loss on average, unbiased; its
@@ -14,6 +20,7 @@ generator is seeded with the run's seed). Options combine with '+', e.g. `bf16+s
 Usage: python benchmarks/fast_mode_quality.py [--modes exact,pyramid,bf16,scales4,sample0.25] [--task denoise] [--seeds 0] [--steps N] [--out benchmarks/results/fast_mode_quality.json]
        python benchmarks/fast_mode_quality.py --merge a.json,b.json --out c.json   (one table and verdict from runs made separately)
        python benchmarks/fast_mode_quality.py --from-log stderr.log --modes ... --seeds ... --out c.json   (a stopped run's finished runs)
+       python benchmarks/fast_mode_quality.py --report-only a.json [--out a.json]   (add the paired summary to a recorded result; no training)
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from mdf_loss.restoration.trainer import image_metrics, restore, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loss_speed import machine, report  # noqa: E402
+import stats  # noqa: E402  (benchmarks/stats.py: the paired verdicts of every report)
 
 TEST_SETS = ('CBSD68', 'CSet14')
 PSNR_BAR, SSIM_BAR = 0.1, 0.005
@@ -96,6 +104,57 @@ def verdicts_of(res: dict) -> None:
     res['vs_exact'] = verdicts
     res['passes'] = {mode: bool(v) and all(d['within_bar'] for d in v.values()) for mode, v in verdicts.items()}
     res['bar'] = f'at most {PSNR_BAR} dB PSNR and {SSIM_BAR} SSIM below exact on every test set'
+    paired_summary(res)
+
+
+def paired_summary(res: dict) -> dict:
+    """Each mode against the exact mode, paired by seed: per test set and measure, stats.paired of the per-seed values,
+    whether the interval clears the bar (non-inferiority), and the detectable difference; sentences in `lines`."""
+    bars = {'psnr': PSNR_BAR, 'ssim': SSIM_BAR}
+    runs = {(r['seed'], r['mode']): r for r in res['runs']}
+    exact = {s: r for (s, mode), r in runs.items() if mode == 'exact'}
+    modes, verdict_of, lines = {}, {}, []
+    for mode in dict.fromkeys(r['mode'] for r in res['runs'] if r['mode'] != 'exact'):
+        mine = {s: r for (s, md), r in runs.items() if md == mode and s in exact}
+        if not mine: continue
+        per = {}
+        for ts in next(iter(mine.values()))['test']:
+            for m, bar in bars.items():
+                p = stats.paired({s: r['test'][ts][m] for s, r in mine.items()}, {s: exact[s]['test'][ts][m] for s in mine})
+                lo, hi = p['ci']
+                p['non_inferior'] = None if lo is None else lo >= -bar
+                p['worse_than_bar'] = None if hi is None else hi < -bar
+                per.setdefault(ts, {})[m] = p
+        cells = [p for ts in per.values() for p in ts.values()]
+        ni = ('failed' if any(p['worse_than_bar'] for p in cells) else
+              'shown' if all(p['non_inferior'] for p in cells) else 'not shown')
+        modes[mode], verdict_of[mode] = per, ni
+        parts = [f"{ts} {m.upper()} {stats.interval_text(p, '{:+.3f}' if m == 'psnr' else '{:+.4f}')} {p['verdict']}"
+                 for ts, ms in per.items() for m, p in ms.items()]
+        n = min(p['n'] for p in cells)
+        det = [f"{ts} {m.upper()} {p['detectable']['half_width']:.3g} / {p['detectable']['mde']:.3g}" for ts, ms in per.items()
+               for m, p in ms.items() if p['detectable'].get('half_width') is not None]
+        lines.append(f"{mode} minus exact, paired over {n} seed(s): " + '; '.join(parts) +
+                     f". Non-inferiority to the bar ({PSNR_BAR} dB, {SSIM_BAR} SSIM): {ni}" +
+                     (' (one seed: no interval)' if n < 2 else '') + '. ' +
+                     (f"Detectable difference (95% half-width / MDE at 80% power) with {n} seeds: {'; '.join(det)}." if det else ''))
+    res['paired'] = {'rule': 'per-seed differences mode minus exact (same seed: same initial weights and patches); mean with a 95% '
+                             'Student-t interval over the seeds; win above 0, loss below, tie when it contains 0 or with one seed. '
+                             f'Non-inferiority: shown when every lower bound is >= -bar ({PSNR_BAR} dB PSNR, {SSIM_BAR} SSIM), failed '
+                             'when some upper bound is < -bar, not shown otherwise. Detectable: t(0.975, n-1) * sd / sqrt(n); MDE '
+                             '(t(0.975, n-1) + t(0.80, n-1)) * sd / sqrt(n) (benchmarks/stats.py).',
+                     't_quantiles': stats.T_SOURCE, 'modes': modes, 'non_inferiority': verdict_of, 'lines': lines}
+    return res['paired']
+
+
+def report_only(path: str, out: str | None) -> None:
+    "Add the paired summary to a recorded result (nothing trained, every recorded field kept); print it, write it to `out`."
+    res = json.loads(Path(path).read_text())
+    paired_summary(res)
+    res['report'] = {'command': ' '.join(['python', *sys.argv]), 'date': datetime.datetime.now().isoformat(timespec='seconds')}
+    text = json.dumps(res, indent=1)
+    print(text)
+    if out: Path(out).write_text(text + '\n')
 
 
 def merge(paths: list[str], out: str | None) -> None:
@@ -129,7 +188,10 @@ def main(argv=None):
     p.add_argument('--merge', help='comma-separated result files to combine (no training)')
     p.add_argument('--from-log', help="rebuild the result of a stopped run from its stderr, whose per-run JSON lines it "
                                       "printed (no training); give the stopped run's --task, --seeds, --modes and --steps")
+    p.add_argument('--report-only', metavar='JSON', help='add the paired summary to a recorded result JSON (no training); '
+                                                         'with --out, write it there (the same file to update it)')
     a = p.parse_args(argv)
+    if a.report_only: return report_only(a.report_only, a.out)
     if a.merge: return merge(a.merge.split(','), a.out)
     if a.threads: torch.set_num_threads(a.threads)
     root = data_dir()

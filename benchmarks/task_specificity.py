@@ -6,14 +6,23 @@ column is L1 continued): L1, our three task losses and the authors' two files. E
 under `--runs` and is skipped when its results.json exists, so the whole set can be run in pieces, by two processes
 at once (a lock file marks a folder in progress). Then the tables: per task (row) and loss (column), the mean over
 seeds of PSNR, SSIM and HaarPSI per test set, the spread over seeds and the margin against L1; the 3 x 3 matrix of
-our losses, the authors' columns beside it, and the verdict: does the diagonal (the task's own loss) beat the other
-task losses beyond the seed spread?
+our losses, the authors' columns beside it, and the verdict: is the task's own loss better than the other task losses?
+
+The verdict uses the pairing the study was built with (for one seed, every column starts from the same L1 checkpoint,
+sees the same patches and is scored on the same images) through `benchmarks/stats.py`: per-seed differences, their
+mean with a 95% t interval, win / tie / loss by the interval, the detectable difference beside it. It reports the own
+loss against each rival; the interaction index (own loss minus the family's other losses, averaged so that a file
+better on every task, a main effect, cancels out) for our three losses and the authors' two files; and the main
+effects themselves. The earlier rule (ranges over seeds that do not overlap) is kept in `diagonal` for comparison.
 
     python benchmarks/task_specificity.py --threads 1 --out benchmarks/results/task_specificity_restoration
 
 prints JSON and writes OUT.json and OUT.md. `--ours denoise=FILE,jpeg=FILE,sisr=FILE` replaces the shipped losses by
 loss files (their folders are keyed by the file's sha256, so a new file is trained afresh); `--aggregate-only`
-rebuilds the tables from the folders that exist.
+rebuilds the tables from the folders that exist; `--report-only OUT.json` rebuilds the analysis and the report from
+the per-seed values a previous run recorded, with no training and no experiment folders (seconds):
+
+    python benchmarks/task_specificity.py --report-only benchmarks/results/task_specificity_restoration.json --out benchmarks/results/task_specificity_restoration
 """
 import argparse
 import json
@@ -33,6 +42,7 @@ from mdf_loss.weights import pretrained_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, display_path, portable, load_average, machine, now, sha256, versions, write_pair  # noqa: E402
+import stats  # noqa: E402  (benchmarks/stats.py: the paired verdicts of every report)
 
 TASKS = ('denoise', 'jpeg', 'sisr')
 NETWORK = {'denoise': 'dncnn', 'jpeg': 'dncnn', 'sisr': 'srresnet'}
@@ -44,6 +54,9 @@ AUTHORS_OWN = {'denoise': 'official-sisr', 'sisr': 'official-sisr', 'jpeg': 'off
 DEFAULT_COLUMNS = 'l1,official-sisr,official-jpeg,ours-denoise,ours-jpeg,ours-sisr'
 FMT = {'psnr': '{:.2f}', 'ssim': '{:.4f}', 'haarpsi': '{:.4f}'}
 SFMT = {'psnr': '{:+.2f}', 'ssim': '{:+.4f}', 'haarpsi': '{:+.4f}'}
+DFMT = {'psnr': '{:+.3f}', 'ssim': '{:+.4f}', 'haarpsi': '{:+.4f}'}  # paired differences and intervals
+UFMT = {'psnr': '{:.3f}', 'ssim': '{:.4f}', 'haarpsi': '{:.4f}'}  # detectable differences
+MNAME = {'psnr': 'PSNR (dB)', 'ssim': 'SSIM', 'haarpsi': 'HaarPSI'}
 
 
 # ---------------------------------------------------------------- which runs
@@ -251,6 +264,165 @@ def tally(rows: list[dict]) -> dict:
     return {v: sum(r['verdict'] == v for r in rows) for v in ('wins', 'within spread', 'loses')} | {'cells': len(rows)}
 
 
+# ---------------------------------------------------------------- paired analysis
+
+FAMILIES = {  # the files of a family and, per task, the family's own file for that task
+    'ours': {'files': [f'ours-{t}' for t in TASKS], 'own': {t: f'ours-{t}' for t in TASKS}},
+    'authors': {'files': list(AUTHORS), 'own': AUTHORS_OWN},
+}
+PAIRS = {  # own loss against which rivals, per task
+    'ours': (lambda t: f'ours-{t}', lambda t: [f'ours-{u}' for u in TASKS if u != t]),
+    'authors': (lambda t: AUTHORS_OWN[t], lambda t: [c for c in AUTHORS if c != AUTHORS_OWN[t]]),
+    'ours_vs_authors': (lambda t: f'ours-{t}', lambda t: [AUTHORS_OWN[t]]),
+}
+PAIR_TITLES = {'ours': 'our own task loss against our other two task losses',
+               'authors': "the authors' task file against their other file",
+               'ours_vs_authors': "our task loss against the authors' loss for the same task"}
+
+
+def values_from_table(table: dict) -> dict:
+    "values[task][column][key][measure][seed] from a recorded table's per-seed values (seeds as ints where they are digits)."
+    seed = lambda k: int(k) if str(k).lstrip('-').isdigit() else k
+    return {task: {col: {key: {m: {seed(k): v for k, v in c['per_seed'].items()} for m, c in ms.items()}
+                         for key, ms in keys.items()} for col, keys in cols.items()} for task, cols in table.items()}
+
+
+def per_seed(table: dict, task: str, col: str, key: str, m: str) -> dict | None:
+    c = table.get(task, {}).get(col, {}).get(key, {}).get(m)
+    return None if c is None else {str(k): v for k, v in c['per_seed'].items()}
+
+
+def paired_pairs(table: dict, own_of, rivals_of, sets, measures) -> list[dict]:
+    "For each task, set and measure: the own loss against each rival, paired by seed (stats.paired)."
+    rows = []
+    for task in TASKS:
+        for s in sets:
+            key = key_of(task, s)
+            for m in measures:
+                own = per_seed(table, task, own_of(task), key, m)
+                if own is None: continue
+                for r in rivals_of(task):
+                    other = per_seed(table, task, r, key, m)
+                    if other is None: continue
+                    rows.append({'task': task, 'set': s, 'key': key, 'measure': m, 'own': own_of(task), 'rival': r,
+                                 'own_mean': float(np.mean(list(own.values()))), **stats.paired(own, other)})
+    return rows
+
+
+def index_per_seed(table: dict, family: dict, s: str, m: str, tasks=TASKS, weighting: str = 'file') -> dict | None:
+    """Per seed: the family's own file minus the mean of its other files, averaged over tasks.
+
+    weighting 'file': first over the tasks each file owns, then over the files (each file counts once, so that a file
+    that is better everywhere, a main effect, cancels out); 'task': plainly over the tasks. The two agree when every
+    file owns exactly one task (ours); for the authors' two files, one of which owns two tasks, only 'file' cancels
+    the main effect ('task' keeps a third of it)."""
+    files, own = family['files'], family['own']
+    by_task = {}
+    for t in tasks:
+        cols = {c: per_seed(table, t, c, key_of(t, s), m) for c in files}
+        if any(v is None for v in cols.values()): return None
+        seeds = set.intersection(*(set(v) for v in cols.values()))
+        by_task[t] = {k: cols[own[t]][k] - float(np.mean([cols[c][k] for c in files if c != own[t]])) for k in seeds}
+    seeds = sorted(set.intersection(*(set(v) for v in by_task.values())), key=stats.seed_order)
+    if weighting == 'task':
+        return {k: float(np.mean([by_task[t][k] for t in tasks])) for k in seeds}
+    owners = [f for f in files if any(own[t] == f for t in tasks)]
+    return {k: float(np.mean([np.mean([by_task[t][k] for t in tasks if own[t] == f]) for f in owners])) for k in seeds}
+
+
+INTERACTIONS = {  # name -> (family, tasks, weighting, definition)
+    'ours': ('ours', TASKS, 'file', "per seed, the mean over the three tasks of (the task's own loss minus the mean of our other "
+             "two losses); each file owns one task, so a file that is better (or worse) everywhere cancels out"),
+    'authors': ('authors', TASKS, 'file', "per seed, the mean over the authors' two files of the mean over the tasks the file owns "
+                "(official-sisr: denoise and SR; official-jpeg: JPEG) of (own file minus the other file); each file counts "
+                "once, so the main effect (one file better everywhere) cancels out"),
+    'authors_jpeg_sisr': ('authors', ('jpeg', 'sisr'), 'file', "as `authors`, on JPEG and SR only, where each file owns one task "
+                          "(the mean over the two tasks of own minus other)"),
+    'authors_by_task': ('authors', TASKS, 'task', "the plain mean over the three tasks of (own file minus the other file); "
+                        "official-sisr owns two of the three tasks, so this keeps a third of the main effect (official-sisr "
+                        "minus official-jpeg): not an interaction index, shown to explain the difference"),
+}
+
+
+def interactions(table: dict, sets, measures) -> dict:
+    "The interaction indices (own loss minus the family's others, main effects cancelled), per set and measure."
+    out = {}
+    for name, (fam, tasks, weighting, definition) in INTERACTIONS.items():
+        cells = {}
+        for s in sets:
+            for m in measures:
+                v = index_per_seed(table, FAMILIES[fam], s, m, tasks, weighting)
+                if v is not None: cells.setdefault(s, {})[m] = stats.paired(v)
+        if cells: out[name] = {'family': fam, 'tasks': list(tasks), 'weighting': weighting, 'definition': definition, 'cells': cells}
+    return out
+
+
+def main_effects(table: dict, sets, measures) -> dict:
+    "Per family, set, measure and file: per seed, the mean over tasks of (file minus the family mean); its interval."
+    out = {}
+    for fam, spec in FAMILIES.items():
+        files = spec['files']
+        for s in sets:
+            for m in measures:
+                by_task = {}
+                for t in TASKS:
+                    cols = {c: per_seed(table, t, c, key_of(t, s), m) for c in files}
+                    if any(v is None for v in cols.values()): break
+                    seeds = set.intersection(*(set(v) for v in cols.values()))
+                    by_task[t] = {f: {k: cols[f][k] - float(np.mean([cols[c][k] for c in files])) for k in seeds} for f in files}
+                else:
+                    for f in files:
+                        seeds = sorted(set.intersection(*(set(by_task[t][f]) for t in TASKS)), key=stats.seed_order)
+                        r = stats.paired({k: float(np.mean([by_task[t][f][k] for t in TASKS])) for k in seeds})
+                        r['per_task_mean'] = {t: float(np.mean(list(by_task[t][f].values()))) for t in TASKS}
+                        r['tasks_above_family_mean'] = sum(v > 0 for v in r['per_task_mean'].values())
+                        out.setdefault(fam, {}).setdefault(s, {}).setdefault(m, {})[f] = r
+    return out
+
+
+def study_detectable(rows: list[dict], sets, measures) -> dict:
+    """What n seeds can resolve, from the SD of the paired differences pooled over comparisons (stats.pooled_sd).
+
+    'by_task': per task, set and measure, pooled over every pairwise comparison there (own against each rival, in all
+    the pairwise tables); 'overall': per set and measure, pooled over the tasks too."""
+    def det(mine):
+        mine = [r for r in mine if r['sd'] is not None]
+        if not mine: return None
+        return {**stats.detectable(stats.pooled_sd([r['sd'] for r in mine]), min(r['n'] for r in mine)), 'comparisons': len(mine)}
+    out = {'by_task': {}, 'overall': {}}
+    for s in sets:
+        for m in measures:
+            here = [r for r in rows if r['set'] == s and r['measure'] == m]
+            if (d := det(here)) is not None: out['overall'].setdefault(s, {})[m] = d
+            for t in TASKS:
+                if (d := det([r for r in here if r['task'] == t])) is not None: out['by_task'].setdefault(t, {}).setdefault(s, {})[m] = d
+    return out
+
+
+def pair_tally(rows: list[dict]) -> dict:
+    return {v: sum(r['verdict'] == v for r in rows) for v in stats.VERDICTS} | {'comparisons': len(rows)}
+
+
+def analyse(table: dict, sets=SETS, measures=MEASURES) -> dict:
+    "The paired analysis of the study: pairwise verdicts, interaction indices, main effects, detectable differences."
+    pairs = {name: paired_pairs(table, own_of, rivals_of, sets, measures) for name, (own_of, rivals_of) in PAIRS.items()}
+    det = study_detectable([r for rows in pairs.values() for r in rows], sets, measures)
+    for r in (r for rows in pairs.values() for r in rows):  # a verdict whose mean is below what the design resolves
+        d = det['by_task'].get(r['task'], {}).get(r['set'], {}).get(r['measure'], {}).get('half_width')
+        r['below_detectable'] = None if d is None or r['mean'] is None else abs(r['mean']) < d
+    return {'rule': "per-seed differences (the seeds pair the runs: same initial weights, patches and test images); their "
+                    "mean with a 95% Student-t interval over the seeds (n-1 degrees of freedom); win when the interval lies "
+                    "above 0, loss when below, tie when it contains 0 (higher is better for PSNR, SSIM and HaarPSI). "
+                    "Detectable difference: the interval's half-width t(0.975, n-1) * sd / sqrt(n), from the SD of the paired "
+                    "differences pooled over the pairwise comparisons of a task, set and measure ('by_task') or of a set and "
+                    "measure ('overall'); MDE: (t(0.975, n-1) + t(0.80, n-1)) * sd / sqrt(n), 80% power.",
+            't_quantiles': stats.T_SOURCE,
+            'pairs': pairs, 'pairs_tally': {k: pair_tally(v) for k, v in pairs.items()},
+            'detectable': det,
+            'interaction': interactions(table, sets, measures),
+            'main_effects': main_effects(table, sets, measures)}
+
+
 # ---------------------------------------------------------------- report
 
 def cell_text(c: dict | None, m: str, margin: bool = False) -> str:
@@ -270,7 +442,12 @@ def markdown(rep: dict) -> str:
     rest = [c for c in cols if c not in ours and c not in theirs]
     order = ours + theirs + rest
     L = ['# Task specificity in restoration: each task trained with each task loss', '',
-         "One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '',
+         "One command regenerates everything (the experiments it finds done are skipped):", '', f"    {rep['command']}", '']
+    if rep.get('report'):
+        L += [f"This report was rebuilt on {rep['report']['date']}, without training and without the experiment folders, from "
+              f"the per-seed values recorded in its JSON (t quantiles from {rep['report']['t_quantiles']}):", '',
+              f"    {rep['report']['command']}", '']
+    L += [
          f"- date: {rep['date']}; machine: {rep['machine']['cpu_model']}, {rep['machine']['cpu_count']} cores, "
          f"torch {rep['versions']['torch']}, {'/'.join(map(str, rep['threads_per_experiment'])) or '?'} "
          f"torch thread(s) per experiment; mdf_loss {rep['versions']['mdf_loss']}",
@@ -291,8 +468,9 @@ def markdown(rep: dict) -> str:
             L.append(f"| {c} | `{f['path']}` | `{f['sha256'][:12]}` | {f['task']} | {f['used']} of {f['discriminators']} | {how} |")
     L += ['', "`official-sisr` is the authors' SISR file, byte-identical to their denoising file: it is their loss for denoise "
           "and for SR. `l1` is L1 continued for the second half at the same reduced learning rate.", '']
-    for s in SETS:
-        for m in MEASURES:
+    sets, measures = rep.get('sets', SETS), rep.get('measures', MEASURES)
+    for s in sets:
+        for m in measures:
             L += [f"## {s}: {m.upper() if m != 'haarpsi' else 'HaarPSI'}", '',
                   '| task \\ loss | ' + ' | '.join(order) + ' | input |', '|---|' + '---|' * (len(order) + 1)]
             for task in TASKS:
@@ -314,15 +492,19 @@ def markdown(rep: dict) -> str:
             L.append('')
     if 'jpeg' in t:
         L += ['## JPEG q20 (beside the matrix)', '', '| set | measure | ' + ' | '.join(order) + ' |', '|---|---|' + '---|' * len(order)]
-        for s in SETS:
-            for m in MEASURES:
+        for s in sets:
+            for m in measures:
                 L.append(f'| {s} | {m} | ' + ' | '.join(cell_text(t['jpeg'].get(c, {}).get(key_of('jpeg', s, 'q20'), {}).get(m), m) for c in order) + ' |')
         L.append('')
-    L += ['## Does the diagonal win beyond the seed spread?', '',
-          "For each task, test set and measure, the task's own loss against each other task loss. It **wins** when its worst "
-          "seed beats the rival's best seed for every rival (the ranges over seeds do not overlap), **loses** when some rival's "
-          "worst seed beats its best, and is **within spread** otherwise. The gap is the distance between the ranges "
-          "(0 when they overlap). Paired: the differences seed by seed.", '']
+    if rep.get('paired'): L += paired_markdown(rep['paired'], sets, measures, len(rep['seeds']))
+    L += ['## Verdict', ''] + [f"  - {line[2:]}" if line.startswith('  ') else f'- {line}' for line in rep['verdict_lines']] + ['']
+    L += ['## Does the diagonal win beyond the seed spread? (the earlier range rule, kept for comparison)', '',
+          "This was the report's verdict before the paired analysis above replaced it. For each task, test set and measure, "
+          "the task's own loss against each other task loss. It **wins** when its worst seed beats the rival's best seed for "
+          "every rival (the ranges over seeds do not overlap), **loses** when some rival's worst seed beats its best, and is "
+          "**within spread** otherwise. The gap is the distance between the ranges (0 when they overlap). The rule ignores "
+          "the pairing by seed (the seed-to-seed variation that both losses share widens both ranges), demands a win against "
+          "every rival at once, and has no stated error rate: read the paired verdicts instead.", '']
     for title, rows in (('Our losses (the 3 x 3 matrix)', rep['diagonal']['ours']),
                         ("The authors' files (SISR = denoising file, against JPEG; JPEG against SISR)", rep['diagonal']['authors']),
                         ("Our task loss against the authors' loss for the same task", rep['diagonal']['ours_vs_authors'])):
@@ -334,7 +516,9 @@ def markdown(rep: dict) -> str:
                            f"[{', '.join(SFMT[m].format(d) for d in v['paired_diffs'])}]" for k, v in r['versus'].items())
             L.append(f"| {r['task']} | {r['set']} | {m} | {r['own']}: {FMT[m].format(r['own_mean'])} | {vs} | **{r['verdict']}** |")
         L.append('')
-    L += ['## Verdict', ''] + [f"  - {line[2:]}" if line.startswith('  ') else f'- {line}' for line in rep['verdict_lines']] + ['']
+    L += [f"Earlier rule, tally over (task, set, measure) cells: " + '; '.join(
+        f"{PAIR_TITLES[k]}: wins {v['wins']}, within spread {v['within spread']}, loses {v['loses']} of {v['cells']}"
+        for k, v in rep['diagonal_tally'].items() if v['cells']) + '.', '']
     if rep['missing']:
         L += ['## Not run', '', f"{len(rep['missing'])} experiment folder(s) have no results yet: " +
               ', '.join(f"{j['task']}/seed{j['seed']}/{j['column']}" for j in rep['missing']) + '.', '']
@@ -343,21 +527,156 @@ def markdown(rep: dict) -> str:
     return '\n'.join(L) + '\n'
 
 
-def verdict_lines(diag: dict, seeds: int) -> list[str]:
+def wtl(t: dict) -> str:
+    "'4 wins, 1 tie, 0 losses' from a tally."
+    n_of = lambda k, w: f"{k} {w}{'' if k == 1 else ('es' if w == 'loss' else 's')}"
+    return f"{n_of(t['win'], 'win')}, {n_of(t['tie'], 'tie')}, {n_of(t['loss'], 'loss')}"
+
+
+def _ci(r: dict, m: str) -> str:
+    return stats.interval_text(r, DFMT[m])
+
+
+def _det(d: dict | None, m: str) -> str:
+    if not d or d.get('half_width') is None: return 'n/a'
+    return f"{UFMT[m].format(d['half_width'])} / {UFMT[m].format(d['mde'])}"
+
+
+def _seeds(r: dict, m: str) -> str:
+    return ', '.join(DFMT[m].format(v) for v in r['per_seed'].values())
+
+
+def paired_markdown(an: dict, sets, measures, nseeds: int) -> list[str]:
+    "The Markdown of the paired analysis: interaction indices, main effects, pairwise verdicts, detectable differences."
+    L = ['## Paired analysis (the verdicts of this report)', '',
+         f"Every comparison is paired by seed, as the study was built: for one seed, every column starts from the same L1 "
+         f"checkpoint, sees the same patches and is scored on the same test images. A comparison is the mean of the "
+         f"{nseeds} per-seed differences with its 95% Student-t interval (n-1 = {max(nseeds - 1, 0)} degrees of freedom; t "
+         f"quantiles from {an['t_quantiles']}); **win** when the interval lies above 0, **loss** when below, **tie** when it "
+         "contains 0 (`benchmarks/stats.py`, the rule of every report). Signs: how many seeds have a positive / negative "
+         "difference. Detectable: the smallest mean difference this design can call a win or a loss, the interval's "
+         "half-width t(0.975, n-1) * sd / sqrt(n), then the difference found with 80% power, (t(0.975, n-1) + t(0.80, n-1)) "
+         "* sd / sqrt(n); for the indices and main effects from their own SD, for the pairwise comparisons from the SD of "
+         "the paired differences pooled over all the pairwise comparisons of the same task, set and measure (4 of them: "
+         "two in our matrix, one among the authors' files, one of ours against theirs). JPEG is q10, the matrix's variant.", '',
+         '### Interaction index: is the own loss better than the family\'s others, beyond what each file does everywhere?', '']
+    for name, it in an['interaction'].items():
+        L += [f"**{name}**: {it['definition']}.", '',
+              '| set | measure | index: mean (95% CI) | per seed | signs | verdict | detectable / MDE 80% |', '|---|---|---|---|---|---|---|']
+        for s in sets:
+            for m in measures:
+                r = it['cells'].get(s, {}).get(m)
+                if r is None: continue
+                L.append(f"| {s} | {MNAME[m]} | {_ci(r, m)} | {_seeds(r, m)} | {stats.signs_text(r)} | **{r['verdict']}** | "
+                         f"{_det(r.get('detectable'), m)} |")
+        L.append('')
+    L += ['### Main effects: each file against its family\'s mean, over all tasks', '',
+          "Per seed, the mean over the three tasks of (file minus the mean of the family's files on that task); then the "
+          "interval over seeds. A file with a positive main effect is better than its siblings whatever the task; the "
+          "interaction index above cancels these. Per task: the mean over seeds of the same difference on each task.", '',
+          '| family | set | measure | file | main effect: mean (95% CI) | verdict | per task (denoise, jpeg, sisr) | detectable / MDE 80% |',
+          '|---|---|---|---|---|---|---|---|']
+    for fam, per_set in an['main_effects'].items():
+        for s in sets:
+            for m in measures:
+                for f, r in per_set.get(s, {}).get(m, {}).items():
+                    per_task = ', '.join(DFMT[m].format(r['per_task_mean'][t]) for t in TASKS)
+                    L.append(f"| {fam} | {s} | {MNAME[m]} | {f} | {_ci(r, m)} | **{r['verdict']}** | {per_task} | {_det(r.get('detectable'), m)} |")
+    L.append('')
+    L += ['### Pairwise: the task\'s own loss against each rival', '']
+    for name, rows in an['pairs'].items():
+        if not rows: continue
+        k = an['pairs_tally'][name]
+        L += [f"**{PAIR_TITLES[name]}**: {wtl(k)} of {k['comparisons']} paired "
+              "comparisons. A verdict marked † has a mean below the detectable difference of its row: its own interval is "
+              "narrow because its SD (from 3 seeds) is smaller than the pooled one.", '',
+              '| task | set | measure | own: mean | rival | own minus rival: mean (95% CI) | per seed | signs | verdict | detectable / MDE 80% |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+        det = an['detectable']['by_task']
+        for r in rows:
+            m = r['measure']
+            L.append(f"| {r['task']} | {r['key']} | {MNAME[m]} | {r['own']}: {FMT[m].format(r['own_mean'])} | {r['rival']} | {_ci(r, m)} | "
+                     f"{_seeds(r, m)} | {stats.signs_text(r)} | **{r['verdict']}**{' †' if r.get('below_detectable') and r['verdict'] != 'tie' else ''} | "
+                     f"{_det(det.get(r['task'], {}).get(r['set'], {}).get(m), m)} |")
+        L.append('')
+    L += ['### Detectable differences of one loss against another', '',
+          'SD of the per-seed differences pooled over the pairwise comparisons (all three tables), the 95% half-width it '
+          'gives with these seeds (the smallest mean difference that can come out as a win or a loss), and the MDE at 80% power.', '',
+          '| task | set | measure | comparisons | pooled SD | n | detectable (half-width) | MDE 80% |', '|---|---|---|---|---|---|---|---|']
+    det = an['detectable']
+    for t in [*TASKS, 'all tasks']:
+        for s in sets:
+            for m in measures:
+                d = (det['overall'] if t == 'all tasks' else det['by_task'].get(t, {})).get(s, {}).get(m)
+                if d is None or d.get('half_width') is None: continue
+                L.append(f"| {t} | {s} | {MNAME[m]} | {d['comparisons']} | {UFMT[m].format(d['sd'])} | {d['n']} | "
+                         f"{UFMT[m].format(d['half_width'])} | {UFMT[m].format(d['mde'])} |")
+    L.append('')
+    return L
+
+
+def verdict_lines(an: dict, seeds: int, sets=SETS, measures=MEASURES) -> list[str]:
+    "The verdict, as sentences built from the paired analysis (whatever it says)."
     out = []
-    for name, rows, what in (('ours', diag['ours'], 'our own task loss against our other two task losses'),
-                             ('authors', diag['authors'], "the authors' task file against their other file"),
-                             ('ours_vs_authors', diag['ours_vs_authors'], "our task loss against the authors' loss for the same task")):
-        if not rows: out.append(f'{what}: not measured (runs missing).'); continue
-        n = tally(rows)
-        out.append(f"{what}: wins beyond the seed spread in {n['wins']} of {n['cells']} (task, set, measure) cells, "
-                   f"loses beyond it in {n['loses']}, within the spread in {n['within spread']} ({seeds} seed(s)).")
+    unit = lambda m: ' dB' if m == 'psnr' else ''
+    name = lambda m: MNAME[m].split(' ')[0]
+
+    def index_line(key: str, what: str):
+        it = an['interaction'].get(key)
+        if not it: out.append(f'{what}: not measured (runs missing).'); return
+        cells = [(s, m, it['cells'][s][m]) for s in sets for m in measures if m in it['cells'].get(s, {})]
+        parts = [f"{s} {name(m)} {_ci(r, m)}{unit(m)} {r['verdict']}" for s, m, r in cells]
+        res = [f"{s} {name(m)} ({r['verdict']})" for s, m, r in cells if r['verdict'] != 'tie']
+        out.append(f"{what}: {'; '.join(parts)}. " + (f"The interval excludes 0 in {len(res)} of {len(cells)}: {', '.join(res)}."
+                                                        if res else f"Every one of the {len(cells)} intervals contains 0: no task-specific advantage that {seeds} seeds can resolve."))
+
+    if seeds < 2:
+        out.append(f'With {seeds} seed(s) there is no interval: every paired verdict is a tie by construction, whatever the means.')
+    index_line('ours', 'Interaction index of our losses (own task loss minus our other two, averaged over the tasks; main effects cancel)')
+    index_line('authors', "Interaction index of the authors' files (own file minus the other, each file's tasks weighted so that the main effect cancels)")
+    index_line('authors_jpeg_sisr', "The same on JPEG and SR only (each file owns one task)")
+    for fam, per_set in an['main_effects'].items():
+        found = [f"{f} {DFMT[m].format(r['mean'])}{unit(m)} on {s} {name(m)} ({r['verdict']}, above the family mean in "
+                 f"{r['tasks_above_family_mean']} of 3 tasks)" for s in sets for m in measures
+                 for f, r in per_set.get(s, {}).get(m, {}).items() if r['verdict'] != 'tie']
+        out.append(f"Main effects, {fam} (file minus its family's mean over all tasks): " +
+                   ('; '.join(found) + '; every other (file, set, measure) is a tie.' if found else 'every one is a tie.'))
+    for key, rows in an['pairs'].items():
+        if not rows: out.append(f'{PAIR_TITLES[key]}: not measured (runs missing).'); continue
+        k = an['pairs_tally'][key]
+        out.append(f"{PAIR_TITLES[key]}: {wtl(k)} of {k['comparisons']} paired comparisons (task, set, measure, rival).")
         for task in TASKS:
             mine = [r for r in rows if r['task'] == task]
             if mine:
-                k = tally(mine)
-                out.append(f"  {task}: wins {k['wins']}, within spread {k['within spread']}, loses {k['loses']} of {k['cells']}.")
-    if seeds < 2: out.append('With one seed there is no spread: "beyond the spread" then only means "better".')
+                t = pair_tally(mine)
+                out.append(f"  {task}: {wtl(t)} of {t['comparisons']}.")
+    decided = [r for rows in an['pairs'].values() for r in rows if r['verdict'] != 'tie']
+    small = [r for r in decided if r.get('below_detectable')]
+    if small:
+        out.append(f"{len(small)} of the {len(decided)} pairwise wins and losses have a mean below the detectable difference pooled "
+                   "for their task, set and measure: they rest on an SD from 3 seeds smaller than the pooled one (either these "
+                   "pairs really vary less from seed to seed, or the 3 seeds happened to agree; 3 seeds cannot tell which): " +
+                   ', '.join(f"{r['task']} {r['key']} {name(r['measure'])} {r['own']} vs {r['rival']} ({r['verdict']})" for r in small) + '.')
+    ncomp = sum(len(v) for v in an['pairs'].values())
+    if ncomp and seeds >= 2:
+        out.append(f"{ncomp} paired comparisons at 95% each: were no loss different from another, about {0.05 * ncomp:.1f} of them "
+                   "would still come out as a win or a loss by chance; a lone verdict is weak evidence.")
+    det = an['detectable']
+    dets = []
+    for sname in sets:
+        for m in measures:
+            d = det['overall'].get(sname, {}).get(m)
+            if not d or d.get('half_width') is None: continue
+            per = [det['by_task'][t][sname][m]['half_width'] for t in TASKS if det['by_task'].get(t, {}).get(sname, {}).get(m, {}).get('half_width') is not None]
+            dets.append(f"{sname} {name(m)} {UFMT[m].format(d['half_width'])}{unit(m)} (MDE {UFMT[m].format(d['mde'])}; "
+                        f"{UFMT[m].format(min(per))} to {UFMT[m].format(max(per))} by task)")
+    ind = [f"{sname} {name(m)} {UFMT[m].format(r['half_width'])}{unit(m)}" for sname in sets for m in measures
+           if (r := an['interaction'].get('ours', {}).get('cells', {}).get(sname, {}).get(m)) and r.get('half_width') is not None]
+    if dets:
+        out.append(f"With {seeds} seeds the study cannot resolve effects smaller than its detectable difference. For one loss "
+                   f"against another (SD pooled over all the pairwise comparisons), the 95% half-width is {'; '.join(dets)}; "
+                   "the MDE is the true difference found 4 times in 5." + (f" For our interaction index: {'; '.join(ind)}." if ind else '')
+                   + " A task-specific effect smaller than these may exist: this study can neither show nor exclude it.")
     return out
 
 
@@ -379,10 +698,14 @@ def main(argv=None):
     p.add_argument('--runs', default='runs/task_specificity', help='root of the experiment folders (keep it out of git)')
     p.add_argument('--data', default=None, help='shared data folder (default: $MDF_LOSS_DATA or ../shared/data)')
     p.add_argument('--aggregate-only', action='store_true', help='train nothing; rebuild the tables from the folders that exist')
+    p.add_argument('--report-only', metavar='JSON', default=None,
+                   help='train nothing and read no experiment folder: rebuild the analysis and the report from the per-seed '
+                        'values recorded in a JSON this script wrote (its date, machine, experiments and commands are kept)')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (1 on a busy machine)')
     p.add_argument('--device', default=None, help="torch device of the training ('cuda' on a GPU; default the CPU)")
     a = p.parse_args(argv)
+    if a.report_only: return report_only(a.report_only, a.out, argv)
     if a.threads: torch.set_num_threads(a.threads)
     a.tasks = [s.strip() for s in a.tasks.split(',') if s.strip()]
     if not a.tasks or set(a.tasks) - set(TASKS): p.error(f'--tasks must be among {TASKS}')
@@ -398,9 +721,7 @@ def main(argv=None):
     values, inputs, read = collect(jobs, data)
     table = cells(values)
     ours_cols = [f'ours-{t}' for t in TASKS]
-    diag = {'ours': diagonal(table, lambda t: f'ours-{t}', lambda t: [c for c in ours_cols if c != f'ours-{t}'], key_of),
-            'authors': diagonal(table, lambda t: AUTHORS_OWN[t], lambda t: [c for c in AUTHORS if c != AUTHORS_OWN[t]], key_of),
-            'ours_vs_authors': diagonal(table, lambda t: f'ours-{t}', lambda t: [AUTHORS_OWN[t]], key_of)}
+    diag = range_diagonals(table)
     from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
     pre = EXPERIMENT_PRESETS[a.preset]
     steps = a.steps or pre['steps']
@@ -422,11 +743,37 @@ def main(argv=None):
            'missing': [{k: j[k] for k in ('task', 'seed', 'column', 'dir')} for j in jobs if not (Path(j['dir']) / 'results.json').is_file()],
            'failed': [{k: j[k] for k in ('task', 'seed', 'column', 'error')} for j in log if j.get('status') == 'failed'],
            'log': [{k: j.get(k) for k in ('task', 'seed', 'column', 'status', 'seconds')} for j in log]}
-    nseeds = min((len(v['paired_diffs']) for r in diag['ours'] for v in r['versus'].values()), default=0)
-    rep['verdict_lines'] = verdict_lines(diag, nseeds)
+    rep['paired'] = analyse(table)
+    rep['verdict_lines'] = verdict_lines(rep['paired'], paired_seeds(rep['paired']))
     text = json.dumps(rep, indent=1)
     print(text)
     if a.out: write_pair(a.out, text, markdown(rep))
+
+
+def range_diagonals(table: dict) -> dict:
+    "The earlier range rule (kept for comparison): own loss against its rivals by non-overlap of the ranges over seeds."
+    return {name: diagonal(table, own_of, rivals_of, key_of) for name, (own_of, rivals_of) in PAIRS.items()}
+
+
+def paired_seeds(an: dict) -> int:
+    "How many seeds pair every comparison (the fewest over the comparisons)."
+    return min((r['n'] for rows in an['pairs'].values() for r in rows), default=0)
+
+
+def report_only(path: str, out: str | None, argv=None) -> dict:
+    "Rebuild the tables, the analysis and the report from a recorded JSON's per-seed values: no training, no folders."
+    rep = json.loads(Path(path).read_text())
+    sets, measures = rep.get('sets', list(SETS)), rep.get('measures', list(MEASURES))
+    table = cells(values_from_table(rep['table']))
+    diag = range_diagonals(table)
+    an = analyse(table, sets, measures)
+    rep.update(table=table, diagonal=diag, diagonal_tally={k: tally(v) for k, v in diag.items()}, paired=an,
+               verdict_lines=verdict_lines(an, paired_seeds(an), sets, measures),
+               report={'command': command_line(argv), 'date': now(), 'from': display_path(path), 't_quantiles': stats.T_SOURCE})
+    text = json.dumps(rep, indent=1)
+    print(text)
+    if out: write_pair(out, text, markdown(rep))
+    return rep
 
 
 if __name__ == '__main__':
