@@ -4,7 +4,9 @@ Usage: python .ci/execute_nbs.py nbs/05_loss.ipynb [more.ipynb ...]
 
 Each notebook runs top to bottom in a fresh IPython shell (execnb, the runner nbdev uses), from its own folder, with
 the cells flagged by settings.ini's `tst_flags` (`#| slow`, `#| cuda`, `#| notest`) left unrun and their old outputs
-dropped. Stops at the first cell that raises and leaves that notebook untouched. Then `nbdev_clean` normalises it.
+dropped. Stops at the first cell that raises and leaves that notebook untouched. The tracked files the run read (the
+recorded results and shipped assets, see `mdf_loss.checkout`) are stamped, with their sha256, into the notebook's
+metadata, so that the test suite notices when one of them changes. Then `nbdev_clean` normalises it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ def flagged(cell) -> bool:
 def run(path: Path) -> float:
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
+    from mdf_loss.checkout import forget_reads, reads, stamp
     nb = read_nb(path)
+    forget_reads()
     cwd = os.getcwd(); os.chdir(path.parent)
     t0 = time.perf_counter()
     try:
@@ -37,6 +41,7 @@ def run(path: Path) -> float:
             if c.cell_type == 'code' and flagged(c): c.outputs = []
         CaptureShell().run_all(nb, exc_stop=True, preproc=lambda c: c.cell_type == 'code' and flagged(c))
     finally: os.chdir(cwd)
+    stamp(nb, reads())
     write_nb(nb, path)
     subprocess.run([str(Path(sys.executable).parent/'nbdev_clean'), '--fname', str(path)], cwd=ROOT, check=True)
     return time.perf_counter() - t0

@@ -15,7 +15,8 @@ Methods (all MDF ones with the official denoising weights, the loss default of 8
 - reference-frozen: the same with frozen parameters;
 - exact: `MDFLoss()`; bf16: `MDFLoss(dtype=torch.bfloat16)`;
 - sampleF, bf16+sampleF: `MDFLoss(sample=F)` (and in bfloat16), the unbiased stochastic evaluation;
-- vgg16: a VGG16 perceptual loss (5 taps to relu5_3, random weights), the usual perceptual-loss comparison.
+- vgg16: a VGG16 perceptual loss (5 taps to relu5_3, random weights), the usual perceptual-loss comparison;
+- bf16+vgg16: the same VGG16 loss in bfloat16, so that MDF's bf16 mode is also compared with a VGG16 given the same help.
 
 Usage: python benchmarks/step_cost.py [--rounds 15] [--block 4] [--threads 1] [--methods l1,exact,...] [--out FILE]
 """
@@ -45,13 +46,23 @@ from loss_speed import ReferenceMDF, VGGPerceptual, machine, report  # noqa: E40
 
 WEIGHTS = 'official-denoise'
 METHODS = ['l1', 'reference', 'reference-frozen', 'exact', 'bf16', 'sample0.5', 'sample0.25', 'sample0.125',
-           'bf16+sample0.5', 'bf16+sample0.25', 'bf16+sample0.125', 'vgg16']
+           'bf16+sample0.5', 'bf16+sample0.25', 'bf16+sample0.125', 'vgg16', 'bf16+vgg16']
+
+
+class BF16VGG(torch.nn.Module):
+    "The VGG16 perceptual loss computed in bfloat16 (weights and activations), the fair peer of MDF's bf16 mode."
+    def __init__(self):
+        super().__init__()
+        self.vgg = VGGPerceptual().to(torch.bfloat16)
+
+    def forward(self, x, y): return self.vgg(x.to(torch.bfloat16), y.to(torch.bfloat16)).float()
 
 
 def build_loss(method: str, seed: int = 0):
     "The loss function of `method` (callable(output, target) -> scalar)."
     if method == 'l1': return F.l1_loss
     if method == 'vgg16': return VGGPerceptual()
+    if method == 'bf16+vgg16': return BF16VGG()
     if method in ('reference', 'reference-frozen'):
         return ReferenceMDF(list(MDFLoss.from_pretrained(WEIGHTS).discriminators), 8, frozen=method == 'reference-frozen')
     kw = {}

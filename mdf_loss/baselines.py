@@ -24,8 +24,8 @@ __all__ = ['SSIM_KERNEL', 'MSSSIM_BETAS', 'WEIGHT_FILES', 'VGG16_LAYOUT', 'VGG16
            'IMAGENET_STD', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'LPIPS_CHANNELS', 'PERCEPTUAL_WEIGHT', 'SWEEP_WEIGHTS',
            'PRESETS', 'ALIASES', 'L1Loss', 'L2Loss', 'msssim_min_size', 'msssim_scales_for', 'SSIMLoss', 'MSSSIMLoss',
            'torch_hub_checkpoints', 'weight_candidates', 'find_weights', 'load_state', 'vgg16_features',
-           'alexnet_features', 'load_into', 'tap_features', 'random_weights_file', 'VGGPerceptualLoss', 'LPIPSLoss',
-           'LossSum', 'parse_loss_name', 'get_loss', 'loss_needs']
+           'alexnet_features', 'load_into', 'tap_features', 'random_weights_file', 'FrozenFeatureLoss',
+           'VGGPerceptualLoss', 'LPIPSLoss', 'LossSum', 'parse_loss_name', 'get_loss', 'loss_needs']
 
 # %% ../nbs/08_baselines.ipynb
 class L1Loss(ImageLoss):
@@ -187,26 +187,41 @@ def random_weights_file(kind: str, path, seed: int = 0) -> Path:
     return Path(path)
 
 # %% ../nbs/08_baselines.ipynb
-class VGGPerceptualLoss(ImageLoss):
-    "Mean squared VGG16 feature difference at relu1_2 .. relu5_3 (ImageNet weights from a local file)."
-    name, min_size = 'vgg16', 16
-    def __init__(self, reduction: str = 'mean', path=None):
-        super().__init__(reduction)
-        self.weights_file = find_weights('vgg16', path)
-        self.features = load_into(vgg16_features(), load_state('vgg16', self.weights_file), 'features.', str(self.weights_file))
-        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+class FrozenFeatureLoss(ImageLoss):
+    "Base of the losses on a frozen pretrained backbone: `features` tapped at `taps`, after the input map `prep`."
+    taps: tuple = ()  # layer indices of `features` whose outputs are compared
 
     def train(self, mode: bool = True):
         "Stays in eval mode whatever `mode` says: the backbone is frozen."
         return super().train(False)
 
+    def channel_constant(self, name: str, values):
+        "Register `values`, one per RGB channel, as the buffer `name` of shape 1 x 3 x 1 x 1 (not saved)."
+        self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        "The backbone's input for images `x` in [0, 1]."
+        raise NotImplementedError
+
+    def feature_pairs(self, output, target):
+        "Pairs (features of `output`, features of `target`) at each tap; the target's carry no gradient."
+        with torch.no_grad(): ft = tap_features(self.features, self.prep(target), self.taps)
+        return zip(tap_features(self.features, self.prep(output), self.taps), ft)
+
+class VGGPerceptualLoss(FrozenFeatureLoss):
+    "Mean squared VGG16 feature difference at relu1_2 .. relu5_3 (ImageNet weights from a local file)."
+    name, min_size, taps = 'vgg16', 16, VGG16_TAPS
+    def __init__(self, reduction: str = 'mean', path=None):
+        super().__init__(reduction)
+        self.weights_file = find_weights('vgg16', path)
+        self.features = load_into(vgg16_features(), load_state('vgg16', self.weights_file), 'features.', str(self.weights_file))
+        self.channel_constant('mean', IMAGENET_MEAN); self.channel_constant('std', IMAGENET_STD)
+
+    def prep(self, x): return (x - self.mean.to(x))/self.std.to(x)
+
     def per_image(self, output, target):
         "The mean squared feature difference of each pair, averaged over the five layers."
-        norm = lambda t: (t - self.mean.to(t))/self.std.to(t)
-        with torch.no_grad(): ft = tap_features(self.features, norm(target), VGG16_TAPS)
-        fo = tap_features(self.features, norm(output), VGG16_TAPS)
-        return torch.stack([(a - b).pow(2).flatten(1).mean(1) for a, b in zip(fo, ft)], 1).mean(1)
+        return torch.stack([(a - b).pow(2).flatten(1).mean(1) for a, b in self.feature_pairs(output, target)], 1).mean(1)
 
 # %% ../nbs/08_baselines.ipynb
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # the input scaling LPIPS applies after mapping [0,1] to [-1,1]
@@ -216,9 +231,9 @@ LPIPS_CHANNELS = (64, 192, 384, 256, 256)
 def _unit_channels(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return f/(f.pow(2).sum(1, keepdim=True).sqrt() + eps)
 
-class LPIPSLoss(ImageLoss):
+class LPIPSLoss(FrozenFeatureLoss):
     "LPIPS distance with the AlexNet backbone (both weight files read from disk)."
-    name, min_size, min_reason = 'lpips-alex', 31, "the loss's receptive field"
+    name, min_size, min_reason, taps = 'lpips-alex', 31, "the loss's receptive field", ALEXNET_TAPS
     def __init__(self, reduction: str = 'mean', path=None, lin_path=None):
         super().__init__(reduction)
         self.weights_file, self.lin_file = find_weights('alexnet', path), find_weights('lpips-alex', lin_path)
@@ -227,19 +242,14 @@ class LPIPSLoss(ImageLoss):
         state = load_state('lpips-alex', self.lin_file)
         self.lin = load_into(lin, {f'{i}.weight': state.get(f'lin{i}.model.1.weight') for i in range(5)
                                    if f'lin{i}.model.1.weight' in state}, '', str(self.lin_file))
-        self.register_buffer('shift', torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('scale', torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.channel_constant('shift', LPIPS_SHIFT); self.channel_constant('scale', LPIPS_SCALE)
 
-    def train(self, mode: bool = True):
-        "Stays in eval mode whatever `mode` says: the backbone and the linear layers are frozen."
-        return super().train(False)
+    def prep(self, x): return ((2*x - 1) - self.shift.to(x))/self.scale.to(x)
 
     def per_image(self, output, target):
         "The LPIPS distance of each pair of images."
-        prep = lambda t: ((2*t - 1) - self.shift.to(t))/self.scale.to(t)
-        with torch.no_grad(): ft = tap_features(self.features, prep(target), ALEXNET_TAPS)
-        fo = tap_features(self.features, prep(output), ALEXNET_TAPS)
-        return sum(lin((_unit_channels(a) - _unit_channels(b)).pow(2)).mean((1, 2, 3)) for lin, a, b in zip(self.lin, fo, ft))
+        return sum(lin((_unit_channels(a) - _unit_channels(b)).pow(2)).mean((1, 2, 3))
+                   for lin, (a, b) in zip(self.lin, self.feature_pairs(output, target)))
 
 # %% ../nbs/08_baselines.ipynb
 def _fmt_weight(w: float) -> str: return f'{w:g}'

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .tasks import OPEN_TASK, get_task, task_names
+from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
 from .weights import need
 
 # %% auto 0
@@ -158,7 +158,8 @@ def experiment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                              ('max_train_images', int, 'use the first N training images'),
                              ('max_test_images', int, 'use the first N images of each test folder')]:
         a(f"--{name.replace('_', '-')}", type=kind, help=f"{what} (default: the preset's)")
-    a('--networks', help="comma-separated networks to train (default: the task's: dncnn, or srresnet,edsr for sisr)")
+    own = '; '.join(f"{t}: {','.join(get_task(t).networks)}" for t in task_names('restoration'))
+    a('--networks', help=f"comma-separated networks to train (default: the task's own; {own})")
     a('--protocol', default='scratch', help='comma-separated protocols: scratch, finetune (default: scratch)')
     a('--sweep', action='store_true', help='sweep the weight of summed losses in {0.001,0.01,0.1,1} on a validation '
                                              'split, and run the vgg and lpips baselines where their weights exist')
@@ -216,7 +217,7 @@ def cli_demo(args) -> int:
     from mdf_loss.demo import run_demo
     _writable(args.out)
     if args.train_iters:
-        print(f"mdf-loss demo: phase 1, training a denoising loss on {bundled_image_path().name} "
+        print(f"mdf-loss demo: phase 1, training a {DEFAULT_TASK} loss on {bundled_image_path().name} "
               f"({args.train_iters} iterations per scale) in {args.out/'phase1'}")
     print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps per loss")
     res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from safetensors.torch import load as _st_load, save as _st_save
 
+from .checkout import note_read
+
 # %% auto 0
 __all__ = ['ASSETS', 'RANGE_TOLERANCE', 'RANGE_LIMIT', 'REDUCTIONS', 'bundled_image_path', 'data_dir', 'require', 'pil_to_tensor',
            'load_image', 'save_image', 'to_pil', 'check_image', 'check_pair', 'warn_at_caller', 'check_reduction',
@@ -97,6 +99,7 @@ def load_image(src, size: int | tuple[int, int] | None = None) -> torch.Tensor:
         if p.is_dir(): raise IsADirectoryError(f"{name} is a directory; pass the path of an image file")
         if not p.exists(): raise FileNotFoundError(f"{name} does not exist; check the path")
         if p.stat().st_size == 0: raise ValueError(f"{name} is empty (0 bytes); it is not an image")
+        note_read(p)  # a shipped picture shown on a page: the page's record notes it
     try:
         with Image.open(src) as img:
             deep = img.mode in ('RGB', 'RGBA') and any(';16' in str(t[3]) for t in img.tile)  # Pillow keeps 8 of 16 bits

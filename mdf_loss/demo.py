@@ -14,7 +14,7 @@ from .core import (atomic_write_bytes, bundled_image_path, data_dir, load_image,
                            require, seed_everything)
 from .loss import MDFLoss, pixel_optimisation
 from .adversarial import TrainConfig, train
-from .tasks import DEFAULT_TASK
+from .tasks import DEFAULT_TASK, get_task
 from .baselines import get_loss, find_weights
 
 # %% auto 0
@@ -104,7 +104,8 @@ def demo_losses(ours: Path | None) -> tuple[dict, dict]:
     losses, what = {}, {}
     if ours is not None:
         losses['MDF (ours, trained now)'] = MDFLoss.load(ours)
-        what['MDF (ours, trained now)'] = "this package's phase 1 run now, task denoise (sigma 25), quick preset size, on coffee.png"
+        what['MDF (ours, trained now)'] = (f"this package's phase 1 run now, task {DEFAULT_TASK} ({get_task(DEFAULT_TASK).make()}), "
+                                           f"quick preset size, on {bundled_image_path().name}")
     shipped, label = MDFLoss.from_pretrained(DEFAULT_TASK), f'MDF (ours, shipped {DEFAULT_TASK})'  # the demo's task: denoising
     made = shipped.meta.get('provenance', {})
     losses[label] = shipped

@@ -59,9 +59,9 @@ class OptimisationRace(App):
         self.target = prepare_image(bundled_image_path() if image is None else image, size)
         self.steps, self.lr, self.seed, self.redraw = steps, lr, seed, redraw
         self.start_from = W.ToggleButtons(options=STARTS, value=start, description='start from')
-        self.start_button = W.Button(description='Start', button_style='success', icon='play')
-        self.stop_button = W.Button(description='Stop', button_style='warning', icon='stop')
-        self.reset_button = W.Button(description='Reset', icon='undo')
+        self.start_button = W.Button(description='Start', button_style='success', icon='play', tooltip='optimise the start image with every loss')
+        self.stop_button = W.Button(description='Stop', button_style='warning', icon='stop', tooltip='stop after the current step')
+        self.reset_button = W.Button(description='Reset', icon='undo', tooltip='stop, and put every loss back at the start image')
         self.progress = W.IntProgress(value=0, min=0, max=steps, description='step 0')
         self.curves, self.images, self.readout = W.Image(format='png'), W.Image(format='png'), W.HTML()
         super().__init__([W.HBox([self.start_from]), W.HBox([self.start_button, self.stop_button, self.reset_button, self.progress]),
@@ -190,7 +190,7 @@ class TrainingMonitor(App):
         self.header = W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, description='iterations')
         self.follow = W.Checkbox(value=follow, description='follow')
-        self.refresh_button = W.Button(description='Refresh', icon='refresh')
+        self.refresh_button = W.Button(description='Refresh', icon='refresh', tooltip='read the run folder again now')
         self.sample_picker = W.Dropdown(options=[('latest', -1)], value=-1, description='samples of')
         self.chart, self.sample = W.Image(format='png'), W.Image(format='png')
         super().__init__([self.header, W.HBox([self.progress, self.follow, self.refresh_button]), self.chart,

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from .blocks import Discriminator, Generator, TAPS
+from .checkout import note_read
 from .core import ASSETS, atomic_write_bytes, package_version, read_tensors, write_tensors
+from .tasks import get_task, task_names
 
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'META_KEY', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL', 'PRETRAINED', 'ALIASES', 'CHECKPOINT_KEY',
@@ -69,6 +71,7 @@ def read_weights(path) -> tuple[list[Discriminator], dict]:
     "Discriminators (in eval mode) and metadata from a weight file written by `write_weights`."
     path = Path(path); name = str(path)
     if not path.exists(): raise FileNotFoundError(f"{name} does not exist; check the path (MDFLoss.available() lists the bundled losses)")
+    note_read(path)  # a shipped loss read by a page: the page's record notes it
     try: tensors, meta = read_tensors(path, META_KEY)
     except (IsADirectoryError, FileNotFoundError): raise
     except ValueError as e: raise WeightFileError(str(e)) from None
@@ -245,8 +248,8 @@ PRETRAINED = {  # name: the file in the package's assets
     'denoise': 'denoise.safetensors',
     'jpeg': 'jpeg.safetensors',
 }
-ALIASES = {  # name: (the name it reads, the task it reports, why)
-    'official-denoise': ('official-sisr', 'denoise', "the authors' Ds_Denoising.pth is byte-identical to their Ds_SISR.pth"),
+ALIASES = {  # name: (the name it reads, why); it reports the task whose spec names it as the authors' loss
+    'official-denoise': ('official-sisr', "the authors' Ds_Denoising.pth is byte-identical to their Ds_SISR.pth"),
 }
 
 def available() -> list[str]:
@@ -267,7 +270,8 @@ def read_pretrained(name: str) -> tuple[list[Discriminator], dict]:
     "The discriminators and metadata of a shipped loss, by name (an alias reports its own task)."
     ds, meta = read_weights(pretrained_path(name))
     if name in ALIASES:
-        target, task, why = ALIASES[name]
+        target, why = ALIASES[name]
+        task = next((t for t in task_names() if get_task(t).official == name), meta.get('task'))
         meta = {**meta, 'task': task, 'alias_of': target, 'alias_note': why}
     return ds, meta
 

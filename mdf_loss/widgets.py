@@ -381,7 +381,7 @@ class DistortionExplorer(App):
 def distortion_explorer(loss=None,  # an MDFLoss, a shipped name, a weight file, or a dict label -> one; None: every shipped loss
                         image=None,  # a path, file object or tensor; None: the bundled photo
                         size: int = 96,  # short side in pixels: the loss costs about size^2
-                        distortion: str = DEFAULT_TASK,  # 'noise', 'jpeg', 'sr' or 'blur'
+                        distortion: str = DEFAULT_TASK,  # a task the widgets can show: a name in widget_tasks().values()
                         strength: int = 3,  # 0 (clean) .. 10
                         delay: float | None = 0.1,  # quiet time before a background update; None: update at once
                        ) -> DistortionExplorer:
@@ -471,7 +471,7 @@ class FeatureViewer(App):
 def feature_viewer(loss,  # an MDFLoss, a shipped name or a weight file
                    image=None,  # a path, file object or tensor; None: the bundled photo
                    size: int = 96,  # short side in pixels
-                   distortion: str = DEFAULT_TASK,  # 'noise', 'jpeg', 'sr' or 'blur'
+                   distortion: str = DEFAULT_TASK,  # a task the widgets can show: a name in widget_tasks().values()
                    strength: int = 5,  # 0 (clean) .. 10
                    scale: int = 0,  # which discriminator, 0 = coarsest-trained
                    layer: str = 'body',  # 'head', 'body' or 'tail'
