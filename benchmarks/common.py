@@ -3,7 +3,6 @@ written relative to the repository (never a machine's absolute path), and the JS
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import platform
 import subprocess
@@ -13,13 +12,10 @@ from pathlib import Path
 import torch
 
 import mdf_loss
+from mdf_loss.checkout import sha256  # noqa: F401 (the reports fingerprint their inputs with it)
 from mdf_loss import __version__
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_average() -> list[float] | None:

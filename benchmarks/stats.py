@@ -31,7 +31,7 @@ suggests, which is the price of three seeds and the reason every verdict is prin
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
+from statistics import NormalDist, fmean, stdev
 
 try:
     from scipy.stats import t as _scipy_t
@@ -124,13 +124,13 @@ def paired(a, b=None, *, higher_is_better: bool = True, confidence: float = CONF
         out['reason'] = 'no paired seeds'
         out['detectable'] = detectable(None, 0, confidence, power)
         return out
-    mean = sum(d) / n
+    mean = fmean(d)
     out['mean'] = mean
     if n < 2:
         out['reason'] = 'one seed: the interval is undefined'
         out['detectable'] = detectable(None, n, confidence, power)
         return out
-    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    sd = stdev(d, mean)
     det = detectable(sd, n, confidence, power)
     h = det['half_width']
     lo, hi = mean - h, mean + h

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_adversarial.ipynb 3
 from __future__ import annotations
-import datetime, hashlib, io, math, os, time, warnings
+import datetime, io, math, os, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkout import sha256
 from .core import (load_image, resize, singan_pyramid, singan_reals, singan_resize, fit, bundled_image_path,
                            resolve_device, to_pil, derived_generator, atomic_write_bytes, package_version, load_function,
                            progress_bar, pyramid_sizes_v0, remove_temporary_files)
@@ -347,7 +348,7 @@ def resolve_distortion(cfg: TrainConfig, distortion: Distortion | Callable | Non
 def _image_info(cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     path = Path(cfg.image) if cfg.image is not None else bundled_image_path()
     img = load_image(path)
-    return img, dict(name=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size=list(img.shape[-2:]))
+    return img, dict(name=path.name, sha256=sha256(path), size=list(img.shape[-2:]))
 
 NOT_IN_FINGERPRINT = ('device', 'preset', 'log_every', 'on_divergence', 'max_restarts')
 

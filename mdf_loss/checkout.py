@@ -5,6 +5,7 @@
 # %% ../nbs/00_checkout.ipynb 3
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -20,6 +21,7 @@ __all__ = ['TRACKED', 'READ', 'METADATA_KEY', 'RECORDED_FLAG', 'package_home', '
 # %% ../nbs/00_checkout.ipynb
 TRACKED = ('mdf_loss/assets/', 'benchmarks/results/')  # what a page's record covers: shipped assets, recorded results
 
+@functools.cache  # asked on every image and weight read: the answer never changes within a process
 def package_home() -> Path:
     "The folder that holds the `mdf_loss` package: the checkout for an editable install, else site-packages."
     return Path(importlib.util.find_spec('mdf_loss').origin).resolve().parents[1]

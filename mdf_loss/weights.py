@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_weights.ipynb 3
 from __future__ import annotations
-import dataclasses, datetime, hashlib, io, json, math, pickle, struct
+import dataclasses, datetime, io, json, math, pickle, struct
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .blocks import Discriminator, Generator, TAPS
-from .checkout import note_read
+from .checkout import note_read, sha256
 from .core import ASSETS, atomic_write_bytes, package_version, read_tensors, write_tensors
 from .tasks import get_task, task_names
 
@@ -231,7 +231,7 @@ def import_official(path, task: str | None = None) -> tuple[list[Discriminator],
     except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:   # records of the wrong shape
         raise WeightFileError(f"{name} does not have the structure of a SinGAN discriminator list "
                               f"({type(e).__name__}: {e}); it may be corrupt") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256(path)
     meta = dict(task=task, distortion=None, train_image=None, scale_sizes=None, scale_factor=None,
                 input_range=[0.0, 1.0],
                 provenance=dict(made_by='mdf_loss.weights.import_official', source_file=path.name, source_sha256=digest,
