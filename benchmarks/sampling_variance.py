@@ -4,7 +4,8 @@
 fraction F of the exact loss's, each weighted by 1/(its inclusion probability). This script measures it against the
 alternatives that were tried and not shipped, on the same images and at the same expected cost (multiply-adds):
 
-- scales: the shipped estimator (systematic draws, probabilities from cost and running gradient share);
+- scales: the 0.2 estimator (one systematic draw for the whole batch, probabilities from cost and running gradient
+  share; `benchmarks/sampled_gradient_variance.py` compares it with the per-image draws that replaced it);
 - scales-poisson: the same probabilities with independent draws;
 - scales-equal: systematic draws with probabilities from cost alone (every gradient share taken equal);
 - windows: every discriminator, each on one random window of the image, with unbiased weights. The window's offset
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from mdf_loss import MDFLoss
 from mdf_loss.core import data_dir, load_image, bundled_image_path, resize
 from mdf_loss.blocks import SLOPE, folded_layers, tap_chain
-from mdf_loss.loss import _EagerDistance
+from mdf_loss.loss import ScaleSampler, _EagerDistance
 
 
 def _taps(x, params, keep: bool):
@@ -267,7 +268,7 @@ def call(crit, x, y) -> tuple[float, torch.Tensor]:
 
 def build(method: str, fraction: float, seed: int) -> MDFLoss:
     if method.startswith('scales'):
-        crit = MDFLoss.from_pretrained(WEIGHTS, sample=fraction, generator=torch.Generator().manual_seed(seed))
+        crit = MDFLoss.from_pretrained(WEIGHTS, sample=ScaleSampler(fraction, torch.Generator().manual_seed(seed), per_image=False))
         if method == 'scales-poisson': crit.sampler.design = 'poisson'
         if method == 'scales-equal':
             crit.sampler.importance = torch.ones(crit.num_scales, dtype=torch.float64)

@@ -14,7 +14,8 @@ Methods (all MDF ones with the official denoising weights, the loss default of 8
   gradients, so the backward pass also computes their weight gradients, both images through autograd);
 - reference-frozen: the same with frozen parameters;
 - exact: `MDFLoss()`; bf16: `MDFLoss(dtype=torch.bfloat16)`;
-- sampleF, bf16+sampleF: `MDFLoss(sample=F)` (and in bfloat16), the unbiased stochastic evaluation;
+- sampleF, bf16+sampleF: `MDFLoss(sample=F)` (and in bfloat16), the unbiased stochastic evaluation, with the
+  sampler's options of `fast_mode_quality.py` (e.g. `sample0.5+image+narrow`);
 - vgg16: a VGG16 perceptual loss (5 taps to relu5_3, random weights), the usual perceptual-loss comparison;
 - bf16+vgg16: the same VGG16 loss in bfloat16, so that MDF's bf16 mode is also compared with a VGG16 given the same help.
 
@@ -43,9 +44,11 @@ from mdf_loss.restoration.networks import make_network
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loss_speed import ReferenceMDF, VGGPerceptual, machine, report  # noqa: E402
+from fast_mode_quality import loss_options  # noqa: E402  (the MDF modes and sampler options, one parser)
 
 WEIGHTS = 'official-denoise'
 METHODS = ['l1', 'reference', 'reference-frozen', 'exact', 'bf16', 'sample0.5', 'sample0.25', 'sample0.125',
+           'sample0.5+image', 'sample0.25+image',
            'bf16+sample0.5', 'bf16+sample0.25', 'bf16+sample0.125', 'vgg16', 'bf16+vgg16']
 
 
@@ -65,15 +68,9 @@ def build_loss(method: str, seed: int = 0):
     if method == 'bf16+vgg16': return BF16VGG()
     if method in ('reference', 'reference-frozen'):
         return ReferenceMDF(list(MDFLoss.from_pretrained(WEIGHTS).discriminators), 8, frozen=method == 'reference-frozen')
-    kw = {}
-    for part in method.split('+'):
-        if part == 'exact': continue
-        elif part == 'bf16': kw['dtype'] = torch.bfloat16
-        elif part.startswith('sample'):
-            kw['sample'] = float(part[6:])
-            kw['generator'] = torch.Generator().manual_seed(seed)
-        else: raise SystemExit(f'unknown method {method!r}; known: {METHODS}')
-    return MDFLoss.from_pretrained(WEIGHTS, **kw)
+    if method.split('+')[0] not in ('exact', 'bf16') and not method.split('+')[0].startswith('sample'):
+        raise SystemExit(f'unknown method {method!r}; known: {METHODS}')
+    return MDFLoss.from_pretrained(WEIGHTS, **loss_options(method, seed))
 
 
 class Trainer:

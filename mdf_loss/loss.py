@@ -84,6 +84,14 @@ def relative_scales(meta: dict, n: int) -> list[tuple[float, float]]:
 # %% ../nbs/05_loss.ipynb
 MODES = ('exact', 'pyramid')
 
+def _sampler(sample, generator):
+    "The `ScaleSampler` of `MDFLoss(sample=...)`: the one passed, or a new one of the fraction passed."
+    if not isinstance(sample, ScaleSampler): return ScaleSampler(sample, generator)
+    if generator is not None:
+        raise ValueError("generator= seeds the ScaleSampler that sample=F builds; a ScaleSampler passed as sample= has "
+                         "its own: pass it there (ScaleSampler(0.5, generator=...)) and drop generator=")
+    return sample
+
 def _weights(values, n: int, what: str) -> torch.Tensor:
     if values is None: return torch.ones(n)
     t = torch.as_tensor(values, dtype=torch.float32).flatten()
@@ -105,7 +113,7 @@ class MDFLoss(ImageLoss):
                  validate: bool = True,  # check input values (NaN/Inf, range); one host sync per call (pass False to torch.compile with fullgraph=True)
                  dtype: torch.dtype | None = None,  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
                  compile: bool = False,  # compile the per-discriminator function with torch.compile
-                 sample: float | None = None,  # evaluate a random subset of the scales costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation")
+                 sample: float | ScaleSampler | None = None,  # evaluate a random subset of the scales costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation"), or a `ScaleSampler` of your design
                  generator: torch.Generator | None = None):  # CPU generator of the draws of `sample` (default: seeded from torch.initial_seed())
         super().__init__(reduction)
         ds = list(discriminators)
@@ -134,7 +142,7 @@ class MDFLoss(ImageLoss):
                 self.register_buffer(f'_b{k}_{j}', b.to(d.tail.weight.device), persistent=False)
         self._distance = torch.compile(feature_distance, dynamic=False) if compile else feature_distance
         self._warned, self._cost_cache = False, {}
-        self.sampler = None if sample is None else ScaleSampler(sample, generator)
+        self.sampler = None if sample is None else _sampler(sample, generator)
         super().train(False)
 
     def _params(self, k: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -173,7 +181,7 @@ class MDFLoss(ImageLoss):
         return stray
 
     def _evaluate(self, output: torch.Tensor, target: torch.Tensor, weighted: bool,
-                  draw: tuple | None = None,  # (chosen scales, their inclusion probabilities, dict to fill with gradient norms)
+                  draw: tuple | None = None,  # ({scale: its images, None for all}, inclusion probabilities, dict to fill with gradient norms)
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         "The weighted per-image loss (if `weighted`; scales of weight 0, or not in `draw`, are skipped) and each scale's N x 3 terms."
         if self._w0_0.device != output.device: self.to(output.device)
@@ -184,14 +192,16 @@ class MDFLoss(ImageLoss):
         for k, size in enumerate(self.input_sizes(*output.shape[-2:])):
             if weighted and self._scale_floats[k] == 0: continue
             if draw is not None and k not in draw[0]: continue
+            images = None if draw is None else draw[0][k]  # a subset of the batch (per-image draws) or all of it
             x, y = output, target
+            if images is not None: x, y = output[images.to(output.device)], target[images.to(output.device)]
             if size != tuple(output.shape[-2:]):  # antialiased resizing needs float32 or wider
                 wide = torch.promote_types(output.dtype, torch.float32)
                 x, y = resize(x.to(wide), size), resize(y.to(wide), size)
             x = x.to(dtype).contiguous(memory_format=torch.channels_last)
             y = y.to(dtype).contiguous(memory_format=torch.channels_last)
             params = self._params(k, dtype)
-            fn = self._distance if draw is None else _norm_recorder(self._distance, draw[2], k)
+            fn = self._distance if draw is None else _norm_recorder(self._distance, draw[2], k, len(x)/len(output))
             if need_grad: loss, terms = _EagerDistance.apply(x, y, fn, params, self._layer_floats)
             else:
                 terms, _ = self._distance(x, y, params, self._layer_floats, False)
@@ -199,8 +209,10 @@ class MDFLoss(ImageLoss):
             rows.append(terms)
             if weighted:
                 loss = loss*(self._scale_floats[k] if draw is None else self._scale_floats[k]/draw[1][k])
+                if images is not None: loss = loss.new_zeros(len(output)).index_add(0, images.to(loss.device), loss)
                 total = loss if total is None else total + loss
-        if weighted and total is None: total = (output*0).sum((1, 2, 3)).to(torch.promote_types(output.dtype, torch.float32))  # every scale weighs 0
+        if weighted and total is None:  # every scale weighs 0, or none was drawn
+            total = (output*0).sum((1, 2, 3)).to(torch.promote_types(output.dtype, torch.float32))
         return total, rows
 
     def terms(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -219,7 +231,7 @@ class MDFLoss(ImageLoss):
         "Unbiased estimate of the per-image loss: the scales `self.sampler` draws, each weighted by 1/(its inclusion probability)."
         p = self.sampler.probabilities(self.costs(*output.shape[-2:]))
         norms = {}
-        total, _ = self._evaluate(output, target, True, (self.sampler.draw(p), p, norms))
+        total, _ = self._evaluate(output, target, True, (self.sampler.draw(p, len(output)), p, norms))
         self.sampler.update({k: v*self._scale_floats[k] for k, v in norms.items()}, self.num_scales)
         return total
 
@@ -233,8 +245,10 @@ class MDFLoss(ImageLoss):
         return super().forward(output, target).to(output.dtype)
 
     def extra_repr(self) -> str:
-        extra = ''.join(f', {k}={v!r}' for k, v in dict(dtype=self.dtype, compile=self.compiled,
-                                                           sample=self.sampler and self.sampler.fraction).items() if v)
+        sample = self.sampler
+        if sample is not None and repr(sample) == repr(ScaleSampler(sample.fraction)): sample = sample.fraction  # default design
+        extra = dict(dtype=self.dtype, compile=self.compiled, sample=sample)
+        extra = ''.join(f', {k}={v!r}' for k, v in extra.items() if v)
         return (f"num_scales={self.num_scales}, available={len(self.discriminators)}, reduction={self.reduction!r}, "
                 f"mode={self.mode!r}, task={self.meta.get('task')!r}{extra}")
 
@@ -279,14 +293,20 @@ def discriminator_cost(weights: Sequence[torch.Tensor],  # the convolution weigh
 def inclusion_probabilities(importance: Sequence[float],  # m_k > 0 for every scale with a cost: its share of the gradient
                             costs: Sequence[float],  # c_k >= 0; a scale of cost 0 gets probability 0
                             fraction: float,  # F in (0, 1]: the expected cost, as a fraction of sum(costs)
+                            always: Sequence[int] = (),  # scales given probability 1 whatever their share; the rest share what is left
                             ) -> list[float]:
-    "p_k proportional to m_k/sqrt(c_k), at most 1, with sum(p_k c_k) = fraction*sum(c_k)."
+    "p_k proportional to m_k/sqrt(c_k), at most 1 (exactly 1 for `always`), with sum(p_k c_k) = fraction*sum(c_k)."
     m = torch.as_tensor(importance, dtype=torch.float64); c = torch.as_tensor(costs, dtype=torch.float64)
     live = c > 0
     if (m[live] <= 0).any():
         raise ValueError("every scale with a cost needs a positive importance: one that is never drawn would bias the estimate")
     base = torch.where(live, m/c.clamp(min=1e-300).sqrt(), 0.0)
     budget, full = fraction*c.sum(), torch.zeros_like(live)
+    full[list(always)] = True
+    full &= live
+    if c[full].sum() > budget*(1 + 1e-12):
+        raise ValueError(f"the scales always evaluated ({sorted(always)}) cost {float(c[full].sum()/c.sum()):.3f} of the exact "
+                         f"loss, more than the budget {fraction}: raise the fraction or evaluate fewer scales always")
     while True:  # each round fixes at least one more p_k at 1
         free = live & ~full
         p = full.double()
@@ -294,6 +314,7 @@ def inclusion_probabilities(importance: Sequence[float],  # m_k > 0 for every sc
         over = p > 1
         if not over.any(): return p.tolist()
         full |= over
+
 
 # %% ../nbs/05_loss.ipynb
 def systematic_sample(p: Sequence[float],  # inclusion probabilities, each in [0, 1]
@@ -309,30 +330,53 @@ def systematic_sample(p: Sequence[float],  # inclusion probabilities, each in [0
     return sorted(chosen)
 
 # %% ../nbs/05_loss.ipynb
-SAMPLE_DESIGNS = ('systematic', 'poisson')
+SAMPLE_DESIGNS = ('systematic', 'poisson', 'stratified')
+
+def _stream_picks(p: float, n: int, phase: float) -> tuple[list[int], float]:
+    "The units of `n` in a row that a point of phase + Z falls in, each unit of length `p`; and the phase after them."
+    picks = [j for j in range(n) if math.floor(phase + (j + 1)*p) > math.floor(phase + j*p)]
+    return picks, (phase + n*p) % 1.0
 
 class ScaleSampler:
-    "Chooses the scales of each call: probabilities from their costs and running gradient shares, then one draw."
+    "The scales (and images) each call evaluates: probabilities from their costs and running gradient shares, then a draw."
     def __init__(self,
                  fraction: float,  # expected cost per call, as a fraction of the exact loss's: in (0, 1]
                  generator: torch.Generator | None = None,  # CPU generator (default: a new one seeded with torch.initial_seed())
                  momentum: float = 0.1,  # weight of a new observation in the running gradient shares
                  floor: float = 0.1,  # no share below this fraction of their mean
-                 design: str = 'systematic'):  # 'systematic' (a fixed number of scales per call) or 'poisson' (independent)
+                 design: str = 'systematic',  # 'systematic' (balanced within a call), 'poisson' (independent), 'stratified' (balanced across calls)
+                 per_image: bool = True,  # draw for each image of the batch on its own (False: one draw for the whole batch, as in 0.2)
+                 always: Sequence[int] | str = ()):  # scales evaluated on every call; 'narrow': those costing at most half the dearest
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise TypeError(f"sample must be a number in (0, 1], the expected cost as a fraction of the exact loss's "
-                            f"(e.g. sample=0.25), or None for the exact loss; got {fraction!r}")
+                            f"(e.g. sample=0.25), a ScaleSampler, or None for the exact loss; got {fraction!r}")
         if not 0 < fraction <= 1:
-            raise ValueError(f"sample must be in (0, 1]: 0.25 costs a quarter of the exact loss on average, 1 is the exact loss; got {fraction}")
+            raise ValueError(f"sample must be in (0, 1]: 0.25 costs a quarter of the exact loss on average, "
+                             f"1 is the exact loss; got {fraction}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0); got {type(generator).__name__}")
         if generator is not None and generator.device.type != 'cpu':
-            raise ValueError(f"generator must live on the CPU (torch.Generator()): the draws are made there whatever the loss's device; got {generator.device}")
+            raise ValueError(f"generator must live on the CPU (torch.Generator()): the draws are made there whatever "
+                             f"the loss's device; got {generator.device}")
         if design not in SAMPLE_DESIGNS: raise ValueError(f"design must be one of {SAMPLE_DESIGNS}, got {design!r}")
-        if not (0 < momentum <= 1 and 0 < floor <= 1): raise ValueError(f"momentum and floor must be in (0, 1], got {momentum} and {floor}")
+        if not (0 < momentum <= 1 and 0 < floor <= 1):
+            raise ValueError(f"momentum and floor must be in (0, 1], got {momentum} and {floor}")
+        indices = not isinstance(always, str) and all(isinstance(k, int) and k >= 0 for k in always)
+        if always != 'narrow' and not indices:
+            raise ValueError(f"always must be 'narrow' or a sequence of scale indices, got {always!r}")
         self.fraction, self.momentum, self.floor, self.design = float(fraction), momentum, floor, design
+        self.per_image, self.always = bool(per_image), always if isinstance(always, str) else tuple(always)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
         self.importance: torch.Tensor | None = None  # running gradient norm of each scale; None until calibrated
+        self.phases: dict[int, float] = {}  # 'stratified': where each scale's stream of draws stands
+
+    DEFAULTS = dict(per_image=True, always=())
+
+    def always_of(self, costs: Sequence[float]) -> list[int]:
+        "The scales evaluated on every call, for these costs."
+        if self.always != 'narrow': return [k for k in self.always if k < len(costs)]
+        top = max(costs, default=0.0)
+        return [k for k, c in enumerate(costs) if 0 < c <= top/2]
 
     def probabilities(self, costs: Sequence[float]) -> list[float]:
         "The inclusion probability of each scale in the next call (all 1 until calibrated)."
@@ -340,13 +384,30 @@ class ScaleSampler:
         live = torch.as_tensor(costs, dtype=torch.float64) > 0
         mean = self.importance[live].mean() if live.any() else torch.tensor(0.0, dtype=torch.float64)
         m = self.importance.clamp(min=float(self.floor*mean)) if mean > 0 else torch.ones_like(self.importance)
-        return inclusion_probabilities(m, costs, self.fraction)
+        return inclusion_probabilities(m, costs, self.fraction, self.always_of(costs))
 
-    def draw(self, p: Sequence[float]) -> list[int]:
-        "The scales to evaluate, each with probability `p[k]`."
-        if self.design == 'systematic': return systematic_sample(p, self.generator)
-        u = torch.rand(len(p), dtype=torch.float64, generator=self.generator).tolist()
-        return [k for k, (uk, pk) in enumerate(zip(u, p)) if uk < pk]
+    def draw(self, p: Sequence[float], n: int = 1) -> dict[int, torch.Tensor | None]:
+        "The scales to evaluate, each with probability `p[k]`, mapped to the images of a batch of `n` (None: all of them)."
+        g = self.generator
+        if not self.per_image and self.design == 'systematic': return dict.fromkeys(systematic_sample(p, g))
+        chosen = {}
+        for k, pk in enumerate(p):
+            if pk >= 1: chosen[k] = None; continue
+            if pk <= 0: continue
+            units = n if self.per_image else 1
+            if self.design == 'poisson':
+                picks = (torch.rand(units, dtype=torch.float64, generator=g) < pk).nonzero().flatten().tolist()
+            else:
+                phase = self.phases.get(k)
+                if phase is None or self.design == 'systematic':
+                    phase = torch.rand((), dtype=torch.float64, generator=g).item()
+                picks, after = _stream_picks(pk, units, phase)
+                if self.design == 'stratified': self.phases[k] = after
+            if not picks: continue
+            if not self.per_image or len(picks) == n: chosen[k] = None; continue  # None: the whole batch
+            order = torch.randperm(n, generator=g)  # which image takes which place in the stream
+            chosen[k] = order[picks].sort().values
+        return chosen
 
     def update(self, norms: dict[int, float], n: int) -> None:
         "Fold in the gradient norms of the scales just evaluated (`{scale: norm}`), of `n` scales in all."
@@ -354,18 +415,22 @@ class ScaleSampler:
         if self.importance is None:  # calibration: every scale was evaluated
             self.importance = torch.zeros(n, dtype=torch.float64)
             for k, v in norms.items(): self.importance[k] = v
-        else:
+        elif self.design != 'stratified':  # stratified draws need fixed probabilities to keep each call unbiased
             for k, v in norms.items(): self.importance[k] += self.momentum*(v - self.importance[k])
 
-    def __repr__(self) -> str: return f"ScaleSampler(fraction={self.fraction}, design={self.design!r})"
+    def __repr__(self) -> str:
+        options = dict(per_image=self.per_image, always=self.always)
+        extra = ''.join(f', {k}={v!r}' for k, v in options.items() if v != ScaleSampler.DEFAULTS[k])
+        return f"ScaleSampler(fraction={self.fraction}, design={self.design!r}{extra})"
 
-def _norm_recorder(fn, norms: dict, k: int):
-    "`fn` (a `feature_distance`) that also stores the L2 norm of the gradient it returns in `norms[k]`."
+def _norm_recorder(fn, norms: dict, k: int, share: float = 1.0):
+    "`fn` (a `feature_distance`) that also stores in `norms[k]` its gradient's L2 norm over sqrt(`share` of the batch)."
     def run(x, y, params, tap_weights, need_grad=True):
         terms, grad = fn(x, y, params, tap_weights, need_grad)
-        if grad is not None: norms[k] = torch.linalg.vector_norm(grad, dtype=torch.float64).item()
+        if grad is not None: norms[k] = torch.linalg.vector_norm(grad, dtype=torch.float64).item()/share**0.5
         return terms, grad
     return run
+
 
 # %% ../nbs/05_loss.ipynb
 def pixel_optimisation(loss_fn, start: torch.Tensor, target: torch.Tensor, steps: int = 500, lr: float = 0.1,

@@ -82,3 +82,69 @@ def test_mdf_verdict_across_seeds(tmp_path):
     assert g['summary']['haarpsi']['mean'] == pytest.approx(0.005/3)
     assert g['summary']['haarpsi']['min'] == pytest.approx(-0.001) and g['summary']['psnr']['max'] == pytest.approx(-0.1)
     assert '## Across seeds' in (tmp_path / 'v.md').read_text()
+
+
+def _fast_mode_quality():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import fast_mode_quality
+        return fast_mode_quality
+    finally: sys.path.remove(str(BENCH))
+
+
+def test_fast_mode_names_build_the_sampler_they_name():
+    fmq = _fast_mode_quality()
+    from mdf_loss.loss import ScaleSampler
+    old = fmq.loss_options('sample0.5', seed=3)['sample']
+    assert isinstance(old, ScaleSampler) and (old.fraction, old.per_image, old.design, old.always) == (0.5, False, 'systematic', ())
+    new = fmq.loss_options('bf16+sample0.25+image+narrow+strat', seed=3)
+    s = new['sample']
+    assert (s.fraction, s.per_image, s.design, s.always) == (0.25, True, 'stratified', 'narrow')
+    assert new['dtype'] is torch_bfloat16() and s.generator.initial_seed() == 3
+    for bad in ('sample0.5+wide', 'image', 'samplehalf'):
+        with pytest.raises(SystemExit): fmq.loss_options(bad)
+
+
+def torch_bfloat16():
+    import torch
+    return torch.bfloat16
+
+
+def _run(seed, mode, psnr, train_s, curve=None):
+    r = {'seed': seed, 'mode': mode, 'train_s': train_s, 'step_ms': 1.0, 'final_loss': 0.1,
+         'test': {'A': {'psnr': psnr, 'ssim': 0.5 + psnr/1000, 'n': 1}}}
+    if curve: r['curve'] = curve
+    return r
+
+
+def test_equal_time_reads_the_exact_curve_at_the_modes_time():
+    fmq = _fast_mode_quality()
+    curve = [{'step': s, 'train_s': t, 'test': {'A': {'psnr': p, 'ssim': 0.5 + p/1000}}}
+             for s, t, p in ((50, 10.0, 20.0), (100, 20.0, 22.0))]
+    res = {'runs': [_run(0, 'exact', 22.0, 20.0, curve), _run(0, 'fast', 21.5, 15.0),
+                    _run(1, 'exact', 22.0, 20.0, curve), _run(1, 'fast', 21.7, 15.0), _run(0, 'slow', 23.0, 99.0)]}
+    fmq.equal_time(res)
+    at = res['vs_exact_equal_time']['fast']
+    assert at['seed 0']['exact_steps_at_time'] == pytest.approx(75) and at['seed 0']['exact_at_time']['A']['psnr'] == pytest.approx(21)
+    assert at['seed 0']['A']['psnr_diff'] == pytest.approx(0.5) and at['seed 1']['A']['psnr_diff'] == pytest.approx(0.7)
+    assert at['paired']['A']['psnr']['mean'] == pytest.approx(0.6) and at['paired']['A']['psnr']['n'] == 2
+    assert res['vs_exact_equal_time']['slow']['seed 0'] == {'note': 'outside the recorded curve'}
+
+
+def test_fast_mode_quality_resumes_from_its_result_file(tmp_path):
+    "A result file with the finished runs: the next start keeps them and refuses another protocol's file."
+    fmq = _fast_mode_quality()
+    from mdf_loss.core import data_dir
+    if data_dir() is None: pytest.skip('shared data not found (set MDF_LOSS_DATA): the benchmark needs its images')
+    out = tmp_path / 'q.json'
+    done = {'protocol': fmq.PROTOCOL_TEXT['finetune'] + ', quick preset: ' + json.dumps(
+                {'patch': 48, 'batch': 8, 'steps': 2, 'lr': 0.001, 'train_scale': 0.5, 'max_train_images': 40, 'max_test_images': 10}),
+            'task': 'denoise', 'runs': [_run(0, 'exact', 20.0, 1.0), _run(0, 'sample0.5', 20.0, 1.0)]}
+    out.write_text(json.dumps(done))
+    res = run('fast_mode_quality.py', '--protocol', 'finetune', '--steps', '2', '--modes', 'exact,sample0.5',
+              '--seeds', '0', '--out', str(out), timeout=600)
+    assert [r['test'] for r in res['runs']] == [r['test'] for r in done['runs']]  # kept, not trained again
+    assert 'partial' not in res and json.loads(out.read_text())['paired']['modes']['sample0.5']
+    r = subprocess.run([sys.executable, str(BENCH / 'fast_mode_quality.py'), '--protocol', 'scratch', '--steps', '2',
+                        '--modes', 'exact', '--out', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and 'another protocol' in r.stderr and '--fresh' in r.stderr

@@ -1,8 +1,8 @@
 """Engineering tests of the stochastic evaluation `MDFLoss(..., sample=F)` (notebook 05_loss proves it unbiased).
 
-Fuzzed configurations check that one call is exactly the Horvitz-Thompson estimate of the scales it drew (value and
-gradient, replaying the generator), that `sample=1` is the exact loss bit for bit, and the probability and draw
-helpers' invariants.
+Fuzzed configurations (every design, per batch and per image, with and without scales always evaluated) check that
+one call is exactly the Horvitz-Thompson estimate of the scales and images it drew (value and gradient, replaying
+the generator), that `sample=1` is the exact loss bit for bit, and the probability and draw helpers' invariants.
 """
 import copy
 import math
@@ -40,13 +40,13 @@ def value_and_grad(crit, x, y):
     return v.detach(), xg.grad
 
 
-def replay_draw(crit, h, w):
-    "The probabilities and the scales the next call of `crit` will use, without consuming its generator."
+def replay_draw(crit, h, w, n=1):
+    "The probabilities and the draw ({scale: images or None}) of the next call of `crit` on `n` images, leaving it unchanged."
     p = crit.sampler.probabilities(crit.costs(h, w))
     g = torch.Generator(); g.set_state(crit.sampler.generator.get_state())
-    saved, crit.sampler.generator = crit.sampler.generator, g
-    chosen = crit.sampler.draw(p)
-    crit.sampler.generator = saved
+    saved, phases, crit.sampler.generator = crit.sampler.generator, dict(crit.sampler.phases), g
+    chosen = crit.sampler.draw(p, n)
+    crit.sampler.generator, crit.sampler.phases = saved, phases
     return p, chosen
 
 
@@ -59,7 +59,8 @@ for i in range(10):
                         scale_weights=[_rng.choice([0.0, 0.5, 1.0, 2.0]) for _ in range(n)],
                         layer_weights=[_rng.choice([0.0, 1.0, 3.0]) for _ in range(3)],
                         reduction=_rng.choice(['mean', 'sum', 'none']), mode=_rng.choice(['exact', 'exact', 'pyramid']),
-                        design=_rng.choice(['systematic', 'poisson'])))
+                        design=_rng.choice(['systematic', 'poisson', 'stratified']), per_image=_rng.random() < 0.5))
+    if CONFIGS[-1]['fraction'] >= 0.5 and _rng.random() < 0.5: CONFIGS[-1]['always'] = (0,)
 
 
 @pytest.mark.parametrize('cfg', CONFIGS, ids=[f"cfg{c['seed']}" for c in CONFIGS])
@@ -68,22 +69,30 @@ def test_a_call_is_the_weighted_sum_of_the_drawn_scales(cfg):
     ds = [d.double() for d in discriminators(cfg['n'] + 1, cfg['seed'], cfg['num_layer'])]
     x, y = images(cfg['batch'], *cfg['size'], seed=cfg['seed'], dtype=torch.float64)
     kw = dict(num_scales=cfg['n'], layer_weights=cfg['layer_weights'], reduction=cfg['reduction'], mode=cfg['mode'])
-    crit = MDFLoss(ds, sample=cfg['fraction'], scale_weights=cfg['scale_weights'], generator=torch.Generator().manual_seed(1), **kw)
-    crit.sampler.design = cfg['design']
+    sampler = ScaleSampler(cfg['fraction'], torch.Generator().manual_seed(1), design=cfg['design'],
+                           per_image=cfg['per_image'], always=cfg.get('always', ()))
+    crit = MDFLoss(ds, sample=sampler, scale_weights=cfg['scale_weights'], **kw)
     h, w = cfg['size']
-    for call in range(3):  # the first call calibrates, the next ones sample with the running importance
-        p, chosen = replay_draw(crit, h, w)
+    n = cfg['batch']
+    for call in range(4):  # the first call calibrates, the next ones sample with the running importance
+        p, chosen = replay_draw(crit, h, w, n)
         value, grad = value_and_grad(crit, x, y)
-        want_v, want_g = torch.zeros_like(value), torch.zeros_like(x)
-        for k in chosen:
+        want_v, want_g = torch.zeros(n, dtype=x.dtype), torch.zeros_like(x)
+        for k, imgs in chosen.items():
             assert cfg['scale_weights'][k] > 0 and p[k] > 0
-            one = MDFLoss(ds, scale_weights=[float(j == k) for j in range(cfg['n'])], **kw)
+            mask = torch.zeros(n, dtype=x.dtype)
+            mask[slice(None) if imgs is None else imgs] = cfg['scale_weights'][k]/p[k]
+            one = MDFLoss(ds, scale_weights=[float(j == k) for j in range(cfg['n'])], **{**kw, 'reduction': 'none'})
             v, g = value_and_grad(one, x, y)
-            want_v += cfg['scale_weights'][k]/p[k]*v
-            want_g += cfg['scale_weights'][k]/p[k]*g
+            want_v += mask*v
+            want_g += mask.view(-1, 1, 1, 1)*g
+        if cfg['reduction'] == 'mean': want_v, want_g = want_v.mean(), want_g/n
+        elif cfg['reduction'] == 'sum': want_v = want_v.sum()
         torch.testing.assert_close(value, want_v, rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(grad, want_g, rtol=1e-10, atol=1e-14)
         if call == 0: assert all(p[k] == 1.0 for k in range(cfg['n']) if cfg['scale_weights'][k] > 0)
+        for k in cfg.get('always', ()):
+            if cfg['scale_weights'][k] > 0: assert p[k] == 1.0 and chosen[k] is None
 
 
 @pytest.mark.parametrize('reduction', ['mean', 'sum', 'none'])
@@ -194,18 +203,60 @@ def test_inclusion_probabilities_meet_the_budget(seed):
     assert all(pk == 0 for pk, ck in zip(p, costs) if ck == 0)
 
 
-@pytest.mark.parametrize('design', ['systematic', 'poisson'])
+@pytest.mark.parametrize('design', ['systematic', 'poisson', 'stratified'])
 def test_draw_frequencies_are_the_probabilities(design):
     p = [0.05, 0.3, 0.5, 0.75, 1.0, 0.0, 0.2]
-    s = ScaleSampler(0.5, torch.Generator().manual_seed(0), design=design)
+    s = ScaleSampler(0.5, torch.Generator().manual_seed(0), design=design, per_image=False)
     n = 20000
     picks = [s.draw(p) for _ in range(n)]
     for k, pk in enumerate(p):
         f = sum(k in d for d in picks)/n
         assert abs(f - pk) <= 4.5*(pk*(1 - pk)/n)**0.5 + 1e-12, (k, pk, f)
+        assert all(d[k] is None for d in picks if k in d)  # one draw for the whole batch
     sizes = {len(d) for d in picks}
     if design == 'systematic': assert sizes <= {math.floor(sum(p)), math.ceil(sum(p))}
     else: assert len(sizes) > 2
+    if design == 'stratified':  # each scale's draws spread evenly: in any 20 calls, 20 p_k of them, rounded
+        for k, pk in enumerate(p):
+            hits = [k in d for d in picks]
+            counts = {sum(hits[i:i + 20]) for i in range(0, n - 20, 7)}
+            assert counts <= {math.floor(20*pk), math.ceil(20*pk)}, (k, counts)
+
+
+@pytest.mark.parametrize('design', ['systematic', 'poisson', 'stratified'])
+def test_per_image_draws_take_each_image_with_its_probability(design):
+    p, n, calls = [0.1, 0.35, 1.0, 0.0], 8, 6000
+    s = ScaleSampler(0.5, torch.Generator().manual_seed(1), design=design, per_image=True)
+    counts = torch.zeros(len(p), n)
+    sizes = {k: set() for k in range(len(p))}
+    for _ in range(calls):
+        for k, imgs in s.draw(p, n).items():
+            if imgs is None: counts[k] += 1; sizes[k].add(n); continue
+            assert imgs.dtype == torch.long and imgs.unique().numel() == imgs.numel() and 0 < imgs.numel() < n
+            counts[k, imgs] += 1; sizes[k].add(imgs.numel())
+    for k, pk in enumerate(p):
+        f = counts[k]/calls
+        assert (f - pk).abs().max() <= 4.5*(pk*(1 - pk)/calls)**0.5 + 1e-12, (k, pk, f)
+    assert sizes[2] == {n} and not sizes[3]
+    if design != 'poisson': assert sizes[0] <= {1} and sizes[1] <= {2, 3}  # n p_k images, rounded down or up
+    else: assert len(sizes[1]) > 2
+
+
+def test_stratified_probabilities_stay_fixed_after_calibration():
+    s = ScaleSampler(0.3, torch.Generator().manual_seed(0), design='stratified')
+    s.update({0: 1.0, 1: 2.0, 2: 3.0}, 3)
+    before = s.probabilities([1.0, 2.0, 3.0])
+    s.update({0: 50.0}, 3)
+    assert s.probabilities([1.0, 2.0, 3.0]) == before
+
+
+def test_always_scales_are_evaluated_and_the_rest_share_the_budget():
+    p = inclusion_probabilities([1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 4.0, 4.0], 0.5, always=[0, 1])
+    assert p[:2] == [1.0, 1.0] and math.isclose(2 + 4*(p[2] + p[3]), 0.5*10)
+    s = ScaleSampler(0.5, always='narrow')
+    assert s.always_of([1.0, 1.0, 4.0, 4.0, 0.0]) == [0, 1] and s.always_of([3.0, 3.0]) == []
+    with pytest.raises(ValueError, match='raise the fraction'):
+        inclusion_probabilities([1.0]*4, [1.0, 1.0, 4.0, 4.0], 0.1, always=[0, 1])
 
 
 def test_systematic_sample_handles_round_off_at_one():
@@ -241,6 +292,7 @@ def test_sampler_importance_is_floored_so_no_scale_is_starved():
     (dict(sample='0.5'), TypeError, 'sample=0.25'), (dict(sample=False), TypeError, 'sample=0.25'),
     (dict(sample=0.5, generator=torch.default_generator.get_state()), TypeError, 'torch.Generator'),
     (dict(generator=torch.Generator()), ValueError, 'pass sample= too'),
+    (dict(sample=ScaleSampler(0.5), generator=torch.Generator()), ValueError, 'drop generator='),
 ])
 def test_bad_arguments_name_the_fix(kwargs, error, text):
     with pytest.raises(error, match=text.replace('(', r'\(').replace(')', r'\)').replace('.', r'\.')):
