@@ -113,7 +113,7 @@ class MDFLoss(ImageLoss):
                  validate: bool = True,  # check input values (NaN/Inf, range); one host sync per call (pass False to torch.compile with fullgraph=True)
                  dtype: torch.dtype | None = None,  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
                  compile: bool = False,  # compile the per-discriminator function with torch.compile
-                 sample: float | ScaleSampler | None = None,  # evaluate a random subset of the scales costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation"), or a `ScaleSampler` of your design
+                 sample: float | None = None,  # (or a `ScaleSampler`, defined further down, of your design) evaluate a random subset of the scales costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation")
                  generator: torch.Generator | None = None):  # CPU generator of the draws of `sample` (default: seeded from torch.initial_seed())
         super().__init__(reduction)
         ds = list(discriminators)
