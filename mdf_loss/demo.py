@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_demo.ipynb 3
 from __future__ import annotations
-import json, time
+import json, textwrap, time
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,11 @@ from .tasks import DEFAULT_TASK, get_task
 from .baselines import get_loss, find_weights
 
 # %% auto 0
-__all__ = ['PUBLISHED', 'COLORS', 'reference_curves', 'pixel_comparison', 'demo_figure', 'train_demo_loss', 'demo_losses',
-           'run_demo']
+__all__ = ['PUBLISHED', 'COLORS', 'SHORT', 'reference_curves', 'pixel_comparison', 'demo_figure', 'train_demo_loss',
+           'demo_losses', 'run_demo']
 
 # %% ../nbs/10_demo.ipynb
-PUBLISHED = {'MDF': "MDF (authors' SISR weights)", 'L1': 'L1', 'L2': 'L2', 'SSIM': 'SSIM', 'MS-SSIM': 'MS-SSIM', 'MSSSIM': 'MS-SSIM',
+PUBLISHED = {'MDF': "MDF (authors' SISR)", 'L1': 'L1', 'L2': 'L2', 'SSIM': 'SSIM', 'MS-SSIM': 'MS-SSIM', 'MSSSIM': 'MS-SSIM',
              'VGG': 'VGG', 'VGG_MSE_pt01': "VGG + MSE (their 'pt01')", 'VGG_MSE_pt1': "VGG + MSE (their 'pt1')"}
 
 def reference_curves(folder=None) -> dict[str, np.ndarray]:
@@ -50,37 +50,75 @@ def pixel_comparison(losses: dict, # label -> loss(x, target)
     return curves, finals, seconds
 
 # %% ../nbs/10_demo.ipynb
-COLORS = {'MDF': '#c44e52', 'MDF (ours)': '#dd8452', 'L1': '#4c72b0', 'L2': '#55a868', 'SSIM': '#8172b2', 'MS-SSIM': '#937860', 'VGG': '#da8bc3'}
+COLORS = {'MDF': '#c44e52', 'MDF (ours)': '#dd8452', 'MDF (ours, trained now)': '#2a9d8f', 'L1': '#4c72b0', 'L2': '#55a868',
+          'SSIM': '#8172b2', 'MS-SSIM': '#937860', 'VGG': '#da8bc3'}
+SHORT = {'MDF (ours, trained now)': 'MDF ours,\ntrained now', 'MDF (ours, shipped': 'MDF ours,\nshipped', "MDF (authors'": "MDF authors'"}
 
-def _colour(label: str) -> str:
-    key = 'MDF (ours)' if label.startswith('MDF (ours') else 'MDF' if label.startswith('MDF') else label.split(' ')[0]
-    return COLORS.get(key, '#333333')
+def _kind(label: str) -> str:
+    "The key of a curve's label in `COLORS`: the MDF loss trained now, ours shipped, the authors', else the loss's name."
+    if label.startswith('MDF (ours, trained now)'): return 'MDF (ours, trained now)'
+    if label.startswith('MDF (ours'): return 'MDF (ours)'
+    return 'MDF' if label.startswith('MDF') else label.split(' ')[0]
+
+def _colour(label: str) -> str: return COLORS.get(_kind(label), '#333333')
 
 def _style(label: str) -> str:
-    "Line style: the VGG + MSE variants dashed and dotted, so that the three VGG curves can be told apart."
-    return '--' if 'pt01' in label else ':' if 'pt1' in label else '-'
+    "Line style: dashed and dotted for the VGG + MSE variants and the loss trained now, so that look-alikes differ."
+    return '--' if 'pt01' in label or 'trained now' in label else ':' if 'pt1' in label else '-'
+
+def _short(label: str) -> str:
+    "A picture's title: short and wrapped, so that neighbouring titles never run together."
+    return next((short for key, short in SHORT.items() if label.startswith(key)), textwrap.fill(label, 12))
+
+def _curves(ax, data: dict, steps: int, top: float) -> tuple[dict, list[str]]:
+    "Draw `data` (label -> PSNR curve) on `ax`, a triangle on the top edge where a curve leaves it; (lines, notes)."
+    lines, above = {}, []
+    for label, c in data.items():
+        c = np.asarray(c, dtype=float)[:steps + 1]
+        lines[label], = ax.plot(c, color=_colour(label), ls=_style(label), lw=1.6, label=label)
+        if c.max() > top:
+            ax.plot(int(np.argmax(c > top)), top, '^', color=_colour(label), ms=9, clip_on=False, zorder=5)
+            above.append(f"{_short(label).replace(chr(10), ' ')} {c.max():.0f} dB")
+    return lines, above
 
 def demo_figure(curves: dict, finals: dict, target: torch.Tensor, start: torch.Tensor, published: dict, path=None,
-                note: str = ''):
-    "The demo's figure: published and our PSNR curves side by side (same axes), and the recovered images below."
+                note: str = '', top: float = 60.0):
+    "The demo's figure: published and our PSNR curves side by side (same axes), and each loss's error map below."
     plt = require('matplotlib.pyplot', 'experiments')
-    fig = plt.figure(figsize=(12, 6.2), dpi=100, layout='constrained')
-    top, bottom = fig.subfigures(2, 1, height_ratios=(2.7, 1))
-    axes = top.subplots(1, 2, sharey=True)
+    LogNorm = require('matplotlib.colors', 'experiments').LogNorm
+    fig = plt.figure(figsize=(10, 7.8), dpi=80, layout='constrained')  # 800 px: fits a page without shrinking
+    upper, lower = fig.subfigures(2, 1, height_ratios=(2.5, 1))
+    axes = upper.subplots(1, 2, sharey=True)
     steps = max(len(c) for c in curves.values()) - 1
+    lines = {}
     for ax, data, title in ((axes[0], {PUBLISHED.get(k, k): v for k, v in published.items()},
-                             "The authors' published curves: their photo (384 x 512), their noise"),
-                            (axes[1], curves, f"This run: coffee.png at {target.shape[-2]} x {target.shape[-1]}, our noise")):
-        for label, c in data.items(): ax.plot(np.asarray(c)[:steps + 1], color=_colour(label), ls=_style(label), lw=1.6, label=label)
+                             "The authors' published curves\n(their photo, 384 x 512; their noise)"),
+                            (axes[1], curves, f"This run\n(coffee.png at {target.shape[-2]} x {target.shape[-1]}; our noise)")):
+        drawn, above = _curves(ax, data, steps, top)
+        lines.update(drawn)
         if not data: ax.text(0.5, 0.5, 'published curves not found\n(set MDF_LOSS_DATA to the shared data folder)',
-                             ha='center', va='center', transform=ax.transAxes)
-        ax.set(title=title, xlabel='Adam step (lr 0.1) on the pixels', xlim=(0, steps))
-        ax.grid(alpha=0.3); ax.legend(fontsize=8, loc='lower right')
-    axes[0].set(ylabel='PSNR of the clamped pixels (dB)', ylim=(0, 60))
-    top.suptitle('Optimising pixels from noise under each loss' + (f' ({note})' if note else ''), fontsize=11)
-    panels = [('target', target), ('start: uniform noise', start)] + [(f"{k}\n{curves[k][-1]:.1f} dB", v) for k, v in finals.items()]
-    for ax, (title, img) in zip(bottom.subplots(1, len(panels)), panels):
-        ax.imshow(img[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation='nearest'); ax.set_title(title, fontsize=8); ax.axis('off')
+                             ha='center', va='center', transform=ax.transAxes, fontsize=10)
+        ax.set_title(title + ('\n▲ leaves the axis; peak: ' + ', '.join(above) if above else ''), fontsize=10)
+        ax.set_xlabel('Adam step (lr 0.1) on the pixels', fontsize=10); ax.set_xlim(0, steps)
+        ax.grid(alpha=0.3); ax.tick_params(labelsize=9)
+    axes[0].set_ylabel(f'PSNR of the clamped pixels (dB; axis cut at {top:.0f})', fontsize=10)
+    axes[0].set_ylim(0, top)
+    # one legend for both panels (a loss has one colour in both), under them: inside, it would cover curves
+    upper.legend(list(lines.values()), list(lines), loc='outside lower center', ncol=4, fontsize=9, frameon=False)
+    upper.suptitle('Optimising pixels from noise under each loss' + (f' ({note})' if note else ''), fontsize=12)
+    # above about 35 dB every result looks like the target: show where each still differs from it instead
+    tiles = lower.subplots(1, len(finals) + 2)
+    for ax, (title, img) in zip(tiles, (('target', target), ('start:\nuniform noise', start))):
+        ax.imshow(img[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation='nearest'); ax.set_title(title, fontsize=9)
+    norm = LogNorm(1e-4, 0.5, clip=True)
+    for ax, (label, img) in zip(tiles[2:], finals.items()):
+        error = (img - target).abs().mean(1)[0].clamp_min(1e-6).numpy()
+        im = ax.imshow(error, cmap='magma', norm=norm, interpolation='nearest')
+        ax.set_title(f"{_short(label)}\n{curves[label][-1]:.1f} dB", fontsize=9)
+    for ax in tiles: ax.set_xticks([]); ax.set_yticks([])
+    lower.colorbar(im, ax=tiles, shrink=0.9, pad=0.01, aspect=12).set_label('|result - target|\n(mean over RGB)', fontsize=9)
+    lower.suptitle('The target, the start, and where each result still differs from the target '
+                   '(the pictures themselves look alike above about 35 dB)', fontsize=10)
     if path is not None:
         import io
         buf = io.BytesIO(); fig.savefig(buf, format='png'); atomic_write_bytes(buf.getvalue(), path)

@@ -291,7 +291,7 @@ class TrainingMonitor(App):
 
     def _draw(self) -> bytes:
         s = self.series
-        fig = Figure(figsize=(9, 3.2), layout='constrained'); top, bottom = fig.subplots(1, 2)
+        fig = Figure(figsize=(9, 3.4), layout='constrained'); top, bottom = fig.subplots(1, 2)
         if len(s['step']) == 0:
             top.text(0.5, 0.5, 'no log lines yet', ha='center', va='center', transform=top.transAxes)
         else:
@@ -305,9 +305,13 @@ class TrainingMonitor(App):
             starts = np.flatnonzero(np.diff(s['scale'], prepend=-1))
             for ax in (top, bottom):
                 for i in starts: ax.axvline(s['step'][i], color='gray', lw=0.6, ls=':')
-                ax.set_xticks(s['step'][starts], [f"s{int(s['scale'][i])}" for i in starts], fontsize=7)
-                ax.legend(fontsize=7); ax.set_xlabel('iterations, by scale')
-        top.set_title('adversarial losses', fontsize=9); bottom.set_title('reconstruction and gradient penalty', fontsize=9)
+                ax.set_xticks(s['step'][starts], [f"s{int(s['scale'][i])}" for i in starts])
+                ax.set_xlabel('iterations, by scale (s0 = coarsest)')
+            # one legend under both plots, as large as the axis labels (a legend inside would cover the curves)
+            fig.legend(loc='outside lower center', ncol=4, fontsize=10, frameon=False)
+        top.set(title='adversarial losses', ylabel='critic score units')
+        bottom.set(title='reconstruction and gradient penalty',
+                   ylabel='loss' + (' (log scale)' if bottom.get_yscale() == 'log' else ''))
         return figure_png(fig)
 
     # following a live run

@@ -1,4 +1,6 @@
-"""Shared test fixtures: where the repository and the shared data folder are, and one torch thread for small work."""
+"""Shared test fixtures: where the repository and the shared data folder are, one torch thread for small work, and the
+browser pieces (system Chromium driven by Playwright, the built documentation site served from 127.0.0.1)."""
+import functools, http.server, importlib.util, os, shutil, subprocess, sys, threading
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,12 @@ import torch
 from mdf_loss.core import data_dir as find_data
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = (os.environ.get('MDF_LOSS_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser')
+            or '/usr/bin/chromium')  # Debian's; the skip message names it when none is found
+CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                  '--disable-sync', '--no-first-run']
+SITE = ROOT/'_docs'  # what `bash .ci/docs` builds
+DOCS_MODULES = ('sphinx', 'myst_nb', 'furo', 'nbdev', 'sphinx-mathjax-offline')
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +31,48 @@ def one_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def chromium_or_skip(what: str):
+    "Skip the test `what`, saying why, without Chromium or Playwright. No browser is ever downloaded."
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f'{what} skipped: no Chromium at {CHROMIUM}; install it with `apt-get install chromium` '
+                    '(or set MDF_LOSS_CHROMIUM to a Chromium binary)')
+    if importlib.util.find_spec('playwright') is None:
+        pytest.skip(f'{what} skipped: playwright is not installed (pip install -e ".[dev]")')
+
+
+@pytest.fixture(scope='session')
+def browser():
+    "One headless system Chromium for every browser test of the session."
+    chromium_or_skip('browser test')
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try: yield b
+        finally: b.close()
+
+
+def built_site() -> Path:
+    "The documentation site, built with `bash .ci/docs` if _docs/index.html is missing (that needs the docs extra)."
+    if not (SITE/'index.html').is_file():
+        missing = [m for m in DOCS_MODULES if importlib.util.find_spec(m) is None]
+        if missing: pytest.skip(f'docs site test skipped: _docs/ is not built and the docs packages are missing '
+                                f'({", ".join(missing)}): pip install -e ".[docs]"')
+        r = subprocess.run(['bash', str(ROOT/'.ci'/'docs')], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, 'PYTHON': sys.executable})
+        if r.returncode: pytest.fail(f'`bash .ci/docs` failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}')
+    return SITE
+
+
+@pytest.fixture(scope='session')
+def site_url():
+    "The built site, served from 127.0.0.1 on a free port for the whole session."
+    chromium_or_skip('docs site test')
+    site = built_site()
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass  # quiet: failed requests are caught in the browser
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try: yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally: server.shutdown(); server.server_close()

@@ -3,59 +3,22 @@
 Serves _docs/ from 127.0.0.1 and opens it in headless Chromium (driven by Playwright): the home page and every tutorial
 load with no console error, page error or failed request, and every picture on them shows; the page that documents
 `MDFLoss` shows its `from_pretrained`; the search page finds `MDFLoss`. Builds the site first if _docs/index.html is
-missing (that needs the docs extra: pip install -e ".[docs]"). Screenshots go to test-artifacts/docs/.
+missing (that needs the docs extra: pip install -e ".[docs]"); the server and the browser are conftest.py's, shared
+with test_browser.py. Screenshots go to test-artifacts/docs/.
 """
-import functools, http.server, importlib.util, os, re, shutil, subprocess, sys, threading, time
+import re, shutil, time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SITE
 
-CHROMIUM = os.environ.get('MDF_LOSS_CHROMIUM', '/usr/bin/chromium')
-CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                  '--disable-sync', '--no-first-run']
-SITE = ROOT/'_docs'
 ARTIFACTS = ROOT/'test-artifacts'/'docs'
-DOCS_MODULES = ('sphinx', 'myst_nb', 'furo', 'nbdev', 'sphinx-mathjax-offline')
 
 
-def built_site():
-    "Skip, saying why, without Chromium or Playwright; build the site if it is not there."
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f'docs site test skipped: no Chromium at {CHROMIUM}; install it with `apt-get install chromium` '
-                    '(or set MDF_LOSS_CHROMIUM to a Chromium binary)')
-    if importlib.util.find_spec('playwright') is None:
-        pytest.skip('docs site test skipped: playwright is not installed (pip install -e ".[dev]")')
-    if not (SITE/'index.html').is_file():
-        missing = [m for m in DOCS_MODULES if importlib.util.find_spec(m) is None]
-        if missing: pytest.skip(f'docs site test skipped: _docs/ is not built and the docs packages are missing '
-                                f'({", ".join(missing)}): pip install -e ".[docs]"')
-        r = subprocess.run(['bash', str(ROOT/'.ci'/'docs')], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                           env={**os.environ, 'PYTHON': sys.executable})
-        if r.returncode: pytest.fail(f'`bash .ci/docs` failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}')
-    return SITE
-
-
-@pytest.fixture(scope='module')
-def site_url():
-    "The built site, served from 127.0.0.1 on a free port for the duration of the tests."
-    site = built_site()
+@pytest.fixture(scope='module', autouse=True)
+def artifacts():
+    "A fresh folder for this module's screenshots."
     shutil.rmtree(ARTIFACTS, ignore_errors=True); ARTIFACTS.mkdir(parents=True)
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args): pass  # quiet: failed requests are caught in the browser
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(site)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try: yield f'http://127.0.0.1:{server.server_address[1]}'
-    finally: server.shutdown(); server.server_close()
-
-
-@pytest.fixture(scope='module')
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        try: yield b
-        finally: b.close()
 
 
 class Visit:

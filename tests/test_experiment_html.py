@@ -1,15 +1,11 @@
-"""The experiment's HTML comparison page renders every image in a real browser, and its blind mode hides the names."""
-import shutil
+"""The experiment's HTML comparison page renders every image in a real browser (conftest.py's headless Chromium), and
+its blind mode hides the names."""
 from pathlib import Path
 
 import pytest
 
 from mdf_loss.core import bundled_image_path, load_image, to_pil
 from mdf_loss.restoration.experiment import ExperimentConfig, run_experiment
-
-CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                 '--disable-sync', '--no-first-run']
 
 
 @pytest.fixture(scope='module')
@@ -32,33 +28,29 @@ def test_page_is_self_contained(page_path):
     assert text.count('<img src="data:image/png;base64,') == text.count('<img ')
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed')
-def test_page_renders_in_chromium(page_path):
-    sync_api = pytest.importorskip('playwright.sync_api')
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(page_path.as_uri())
-            page.wait_for_load_state('load')
-            sizes = page.eval_on_selector_all('img', 'imgs => imgs.map(i => [i.complete, i.naturalWidth])')
-            rows, runs = 4, 3  # 2 test sets x 2 JPEG qualities; l1, ssim, mdf-official
-            assert len(sizes) == rows*2*(2 + runs)  # the named and the blind copy of each row
-            assert all(done and width > 0 for done, width in sizes), sizes
+def test_page_renders_in_chromium(page_path, browser):
+    page = browser.new_page()
+    try:
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state('load')
+        sizes = page.eval_on_selector_all('img', 'imgs => imgs.map(i => [i.complete, i.naturalWidth])')
+        rows, runs = 4, 3  # 2 test sets x 2 JPEG qualities; l1, ssim, mdf-official
+        assert len(sizes) == rows*2*(2 + runs)  # the named and the blind copy of each row
+        assert all(done and width > 0 for done, width in sizes), sizes
 
-            visible = lambda sel: page.eval_on_selector_all(sel, 'els => els.filter(e => e.offsetParent !== null).length')
-            captions = lambda: page.eval_on_selector_all('figcaption', 'els => els.filter(e => e.offsetParent !== null).map(e => e.textContent)')
-            assert visible('div.row.named') == rows and visible('div.row.blind') == 0
-            assert 'mdf-official' in captions() and not page.is_visible('#key')
+        visible = lambda sel: page.eval_on_selector_all(sel, 'els => els.filter(e => e.offsetParent !== null).length')
+        captions = lambda: page.eval_on_selector_all('figcaption', 'els => els.filter(e => e.offsetParent !== null).map(e => e.textContent)')
+        assert visible('div.row.named') == rows and visible('div.row.blind') == 0
+        assert 'mdf-official' in captions() and not page.is_visible('#key')
 
-            page.check('#blind')
-            assert visible('div.row.named') == 0 and visible('div.row.blind') == rows
-            shown = captions()
-            assert not {'l1', 'ssim', 'mdf-official'} & set(shown)
-            assert {'A', 'B', 'C'} <= set(shown) and {'ground truth', 'input'} <= set(shown)
-            assert page.is_visible('#key')
-            assert all(page.eval_on_selector_all('div.row.blind img', 'imgs => imgs.map(i => i.naturalWidth > 0)'))
-            page.click('#key summary')
-            assert 'mdf-official' in page.inner_text('#key')
-        finally:
-            browser.close()
+        page.check('#blind')
+        assert visible('div.row.named') == 0 and visible('div.row.blind') == rows
+        shown = captions()
+        assert not {'l1', 'ssim', 'mdf-official'} & set(shown)
+        assert {'A', 'B', 'C'} <= set(shown) and {'ground truth', 'input'} <= set(shown)
+        assert page.is_visible('#key')
+        assert all(page.eval_on_selector_all('div.row.blind img', 'imgs => imgs.map(i => i.naturalWidth > 0)'))
+        page.click('#key summary')
+        assert 'mdf-official' in page.inner_text('#key')
+    finally:
+        page.close()
