@@ -42,9 +42,11 @@ def chromium_or_skip(what: str):
         pytest.skip(f'{what} skipped: playwright is not installed (pip install -e ".[dev]")')
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def browser():
-    "One headless system Chromium for every browser test of the session."
+    """One headless system Chromium for the browser tests of a module. Not one per session: while Playwright's sync API
+    is open, the main thread has a running asyncio loop, and the widgets (which run their jobs in the background where
+    a loop runs, as in a live kernel) would take every later test for a live kernel."""
     chromium_or_skip('browser test')
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:

@@ -148,3 +148,80 @@ def test_fast_mode_quality_resumes_from_its_result_file(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / 'fast_mode_quality.py'), '--protocol', 'scratch', '--steps', '2',
                         '--modes', 'exact', '--out', str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and 'another protocol' in r.stderr and '--fresh' in r.stderr
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import importlib
+        return importlib.import_module(name)
+    finally: sys.path.remove(str(BENCH))
+
+
+def test_sweep_l1_alone_rebuilds_the_recorded_command_on_this_machine(tmp_path):
+    w = _bench_module('l1_alone_worker')
+    data = tmp_path / 'data'
+    assert w.local_path('../shared/data/benchmarks/CSet5', data) == str(data / 'benchmarks' / 'CSet5')
+    assert w.local_path('$MDF_LOSS_DATA/benchmarks/CSet5', data) == str(data / 'benchmarks' / 'CSet5')
+    assert w.local_path('mine/CSet5', data) == 'mine/CSet5'  # not a data-folder path: left as it is
+    args = w.recorded_arguments('mdf-loss experiment --task jpeg --losses l1,l1+mdf --train ../shared/data/benchmarks/T '
+                                '--test ../shared/data/benchmarks/A ../shared/data/benchmarks/B --out runs/x --seed 3 '
+                                '--protocol finetune --threads 1 --sweep', data, tmp_path / 'work', steps=4)
+    assert (args.train, args.test, args.out) == (data / 'benchmarks' / 'T', [data / 'benchmarks' / 'A', data / 'benchmarks' / 'B'], tmp_path / 'work')
+    assert (args.seed, args.threads, args.steps, args.sweep, args.protocol) == (3, 1, 4, True, 'finetune')
+    with pytest.raises(ValueError): w.recorded_arguments('mdf-loss train --task jpeg', data, tmp_path)
+
+
+def test_sweep_l1_alone_puts_w0_beside_the_recorded_candidates():
+    s = _bench_module('sweep_l1_alone')
+    cands = [{'weight': w, 'lr': 1e-3, 'score': sc} for w, sc in ((0.001, 0.81), (0.01, 0.80), (1.0, 0.79))]
+    res = {'sweep': {'vgg': {'run': False}, 'l1+mdf (dncnn, finetune)': {'select_by': 'haarpsi', 'candidates': cands},
+                     'l1+mdf (edsr, scratch)': {'candidates': cands}}}
+    by = s.sweeps_by_network(res)
+    assert list(by) == ['dncnn'] and list(by['dncnn']) == ['l1+mdf']
+    pts = s.sweep_points(0.82, by['dncnn']['l1+mdf'])
+    assert [p['weight'] for p in pts['points']] == [0.0, 0.001, 0.01, 1.0] and pts['best_weight'] == 0.0
+    assert pts['w0_minus_best_recorded'] == pytest.approx(0.01)
+    assert pts['smallest_w_minus_w0']['weight'] == 0.001 and pts['smallest_w_minus_w0']['diff'] == pytest.approx(-0.01)
+
+
+def test_sweep_l1_alone_finds_the_largest_test_score_difference():
+    s = _bench_module('sweep_l1_alone')
+    rec = {'A': {'per_image': {'a.png': {'psnr': 30.0, 'ssim': 0.8, 'msssim': None, 'mdf': 1.0}}},
+           'B': {'per_image': {'b.png': {'psnr': 20.0, 'ssim': 0.5, 'msssim': 0.9, 'mdf': 2.0}}}}
+    got = {'A': {'per_image': {'a.png': {'psnr': 30.0, 'ssim': 0.8000001, 'msssim': None, 'mdf': 1.5}}},
+           'B': {'per_image': {'b.png': {'psnr': 20.002, 'ssim': 0.5, 'msssim': 0.9, 'mdf': 2.0}}}}
+    d = s.max_difference(rec, got, skip=('mdf',))
+    assert d['max_abs_diff'] == pytest.approx(0.002) and d['where'] == 'B/b.png/psnr' and 'mdf' not in d['by_measure']
+    assert d['compared'] == 5  # both None: nothing to compare
+    assert s.max_difference(rec, got)['where'] == 'A/a.png/mdf'
+    assert s.max_difference(rec, rec)['max_abs_diff'] == 0
+
+
+def test_sweep_l1_alone_extracts_the_code_that_wrote_a_recorded_file(tmp_path):
+    s = _bench_module('sweep_l1_alone')
+    if not (s.REPO / '.git').exists(): pytest.skip('not a git checkout: no recorded code to extract')
+    path = s.REPO / s.RECORDED.format(task='denoise')
+    rev = s.recording_commit(path)
+    if not rev: pytest.skip('the recorded file is not in this clone\'s history')
+    folder = s.code_folder(rev, tmp_path)
+    assert folder.name == rev and (folder / 'mdf_loss' / '__init__.py').is_file()
+    assert s.code_folder(rev[:10], tmp_path) == folder  # a short name is the same revision, extracted once
+    assert s.resolve_code('current', path, tmp_path)['folder'] is None
+
+
+def test_sweep_l1_alone_rechecks_recorded_candidates_on_this_machine():
+    s = _bench_module('sweep_l1_alone')
+    sw = {'select_by': 'haarpsi', 'chosen': {'weight': 0.01, 'lr': 1e-3},
+          'candidates': [{'weight': w, 'lr': 1e-3, 'score': sc, 'final_loss': 0.1} for w, sc in ((0.001, 0.81), (0.01, 0.82))]}
+    sweeps = {'dncnn': {'l1+mdf': sw, 'l1+mdf-official': sw}}
+    assert s.recheck_plan(sweeps, '0.001') == {'dncnn': {'l1+mdf': [0.001], 'l1+mdf-official': [0.001]}}
+    assert s.recheck_plan(sweeps, None) == {'dncnn': {'l1+mdf': [], 'l1+mdf-official': []}}
+    here = {'swept': 'l1+mdf', 'loss': 'l1+0.001*mdf', 'weight': 0.001, 'score': 0.815, 'final_loss': 0.2, 'seconds': {}}
+    c = s.rechecked(here, sw, w0_score=0.816)
+    assert c['recorded_score'] == 0.81 and c['score_minus_recorded'] == pytest.approx(0.005) and c['w0_minus_this'] == pytest.approx(0.001)
+    tasks = {'denoise': {'networks': {'dncnn': {'w0': {'score': 0.816}, 'rechecked': [{**c}], 'reproduction': {'max_abs_diff': 0.3},
+                                                'sweeps': {'l1+mdf': s.sweep_points(0.816, sw)}}}}}
+    row, = s.summary(tasks)
+    assert row['recorded'] == {0.001: 0.81, 0.01: 0.82} and row['recorded_choice'] == 0.01
+    assert row['rechecked_here'] == {0.001: 0.815} and row['w0_minus_rechecked_here'][0.001] == pytest.approx(0.001)

@@ -57,7 +57,7 @@ def on_rank0(fn, rank: int = 0, world: int = 1):
     return value
 
 def load_checkpoint(path) -> dict:
-    "A training checkpoint written by `train` (read with `weights_only=True`)."
+    "A training checkpoint written by the restoration trainer (read with `weights_only=True`)."
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); delete it to start over") from None
 
