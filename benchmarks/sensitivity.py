@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mdf_loss import MDFLoss, __version__
+from mdf_loss.baselines import get_loss, register_loss
 from mdf_loss.blocks import Discriminator, init_weights, width_schedule
 from mdf_loss.core import data_dir
 from mdf_loss.sensitivity import benchmark_crops, sensitivity, specificity_table, task_specificity
@@ -35,11 +36,7 @@ def random_loss(seed=0):
     return MDFLoss([d.eval() for d in ds])
 
 
-def get_loss(spec):
-    if spec == 'random': return random_loss()
-    if spec == 'mse': return lambda a, b: F.mse_loss(a, b)
-    if spec.endswith('.safetensors') or os.path.sep in spec: return MDFLoss.load(spec)
-    return MDFLoss.from_pretrained(spec)
+register_loss('random', random_loss, summary='untrained discriminators: the control of this benchmark', replace=True)
 
 
 def own_task(spec, loss, tasks):
@@ -49,7 +46,9 @@ def own_task(spec, loss, tasks):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--losses', default='official-sisr,official-jpeg,random')
+    p.add_argument('--losses', default='official-sisr,official-jpeg,random',
+                   help="comma-separated loss names (any that mdf_loss.baselines.get_loss takes, one registered by an "
+                        "--import module included), .safetensors paths, or 'random': untrained discriminators, the control")
     p.add_argument('--data', default=None, help='shared data folder (default: $MDF_LOSS_DATA or ../shared/data)')
     p.add_argument('--per-set', type=int, default=10)
     p.add_argument('--size', type=int, default=128)

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from mdf_loss.adversarial import (TrainConfig, Pyramid, scale_sizes, train, train_scale, resolve_distortion,
-                                  read_checkpoint, checkpoint_path, scale_generator)
+                                  read_checkpoint, scale_generator)
+from mdf_loss.runs import RunFolder
 from mdf_loss.blocks import Discriminator, Generator, width_schedule, init_weights
 from mdf_loss.core import bundled_image_path, load_image, resize
 
@@ -41,12 +42,10 @@ def run(preset: str, device: str, iters: int | None) -> dict:
         train(cfg, tmp, progress=False)
         total = time.perf_counter() - t0
         scales = []
-        k = 0
-        while checkpoint_path(tmp, k).exists():
-            _, _, info, _ = read_checkpoint(checkpoint_path(tmp, k))
+        for k in RunFolder(tmp).finished_scales():
+            _, _, info, _ = read_checkpoint(RunFolder(tmp).checkpoint(k))
             scales.append(dict(scale=k, size=info['size'], width=info['width'], iters=info['iters'], seconds=info['seconds'],
                                ms_per_iter=1000*info['seconds']/info['iters']))
-            k += 1
     return dict(preset=preset, config=cfg.to_dict(), total_s=total, scales_s=sum(s['seconds'] for s in scales), scales=scales)
 
 

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from .checkout import sha256
 from .core import (load_image, resize, singan_pyramid, singan_reals, singan_resize, fit, bundled_image_path,
                            resolve_device, to_pil, derived_generator, atomic_write_bytes, package_version, load_function,
-                           progress_bar, pyramid_sizes_v0, remove_temporary_files)
+                           progress_bar, pyramid_sizes_v0)
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, identity
 from .tasks import DEFAULT_TASK, get_task, task_names
-from .weights import (JSONConfig, append_log, checkpoint_path, need, read_checkpoint, trim_log, write_checkpoint,
-                              write_weights)
+from .runs import RunFolder
+from .weights import JSONConfig, need, read_checkpoint, write_checkpoint, write_weights
 
 # %% auto 0
 __all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'ARITHMETICS', 'STREAMS', 'TERMS', 'NOT_IN_FINGERPRINT', 'TrainConfig', 'scale_sizes',
@@ -335,7 +335,7 @@ def resolve_distortion(cfg: TrainConfig, distortion: Distortion | Callable | Non
         return Distortion('identity', {}, identity) if spec.phase1 == 'zero' else spec.make(**cfg.distortion)
     if distortion is None and resume_dir is not None:
         raise ValueError(f"resuming a 'custom' run needs its distortion from you: train(cfg, out, resume=True, distortion=my_distortion), "
-                         f"or on the command line --custom MODULE:FUNCTION again. The function named in {Path(resume_dir)/'config.json'} "
+                         f"or on the command line --custom MODULE:FUNCTION again. The function named in {RunFolder(resume_dir).config} "
                          f"({cfg.custom_fn!r}) is not imported, because a run folder may come from someone else and importing runs its code.")
     if distortion is None:
         need(cfg.custom_fn is not None, "task 'custom' needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
@@ -397,34 +397,30 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
           command: str | None = None, # the command line that started the run, recorded in the loss file
           hook: Callable | None = None, # hook(scale, iteration, terms) each iteration; may return replacement terms
          ) -> Path:
-    "Train the discriminator pyramid of `cfg` in `out_dir`; returns the path of the loss file `out_dir/loss.safetensors`."
+    "Train the discriminator pyramid of `cfg` in the run folder `out_dir`; returns the path of its loss file."
     need(isinstance(cfg, TrainConfig), f"cfg must be a TrainConfig (see TrainConfig.from_preset), got {type(cfg).__name__}")
-    out = Path(out_dir); ckdir = out/'checkpoints'; log_path = out/'log.jsonl'
-    dist = resolve_distortion(cfg, distortion, resume_dir=out if resume else None)
+    run = RunFolder(out_dir)
+    dist = resolve_distortion(cfg, distortion, resume_dir=run.path if resume else None)
     device = resolve_device(cfg.device)
     image, image_info = _image_info(cfg)
     sizes = scale_sizes(cfg, tuple(image.shape[-2:]))
     widths = width_schedule(len(sizes), cfg.nfc, cfg.max_width)
     reals = [r.to(device) for r in real_pyramid(image, cfg)]
     fp = fingerprint(cfg, dist, image_info)
-    if out.is_file(): raise ValueError(f"{out} is a file; give a folder for the run")
-    if not resume and (ckdir.exists() and any(ckdir.iterdir()) or (out/'loss.safetensors').exists()):
-        raise ValueError(f"{out} already holds a phase-1 run; resume it with resume=True (--resume) or choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if resume: remove_temporary_files(out/'checkpoints', out, names=r'scale_\d+\.safetensors|scale_\d+\.png|loss\.safetensors|config\.json|log\.jsonl')
+    run.prepare(resume)
 
     pyr = Pyramid(reals, cfg.task, dist, cfg.value_range, None if cfg.arithmetic == 'v0' else actual_scale_factor(cfg, tuple(image.shape[-2:])))
     discriminators, infos, previous = [], [], None
     for k in range(len(sizes)):  # finished scales, read back
-        path = checkpoint_path(out, k)
+        path = run.checkpoint(k)
         if not (resume and path.exists()): break
         G, D, info, z_opt = read_checkpoint(path)
         if info.get('fingerprint') != fp:
             diff = sorted(n for n in set(fp) | set(info.get('fingerprint', {})) if fp.get(n) != info.get('fingerprint', {}).get(n))
             hint = (" (a run made before SinGAN's arithmetic was adopted: resume it with TrainConfig(..., arithmetic='v0'), "
-                    "or with `mdf-loss train --resume`, which reads config.json)" if 'arithmetic' in diff else '')
+                    f"or with `mdf-loss train --resume`, which reads {RunFolder.CONFIG})" if 'arithmetic' in diff else '')
             raise ValueError(f"{path} was trained with other settings ({', '.join(diff)} differ){hint}; resume with the same "
-                             f"settings (see {out/'config.json'}) or start a new folder")
+                             f"settings (see {run.config}) or start a new folder")
         if k == 0:
             need(z_opt is not None and tuple(z_opt.shape) == tuple(reals[0].shape),
                   f"{path}: its z_opt is missing or not of the coarsest scale's shape {tuple(reals[0].shape)}; delete it to retrain that scale")
@@ -432,8 +428,8 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
         pyr.add(G.to(device), info['noise_amp']); discriminators.append(D.to(device)); infos.append(info)
         previous = (pyr.generators[-1], D)
     first = len(discriminators)
-    atomic_write_bytes(cfg.to_json().encode(), out/'config.json')
-    trim_log(log_path, first)
+    run.write_config(cfg)
+    run.trim_log(first)
     if pyr.z_opt is None: pyr.z_opt = pyr.noise(0, 1.0, scale_generator(cfg.seed, 0, 'z_opt'))
 
     outer = progress_bar(len(sizes), f'phase 1 ({cfg.task})', progress, initial=first, unit='scale')
@@ -447,22 +443,22 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
                 bar = progress_bar(cfg.iters, f'scale {k} {sizes[k][0]}x{sizes[k][1]} w{widths[k]}', progress, nested=True)
                 t0 = time.perf_counter()
                 try:
-                    summary = train_scale(k, pyr, G, D, cfg, lr, gen, noise_amp, lambda rows: append_log(log_path, rows), hook, bar)
+                    summary = train_scale(k, pyr, G, D, cfg, lr, gen, noise_amp, run.append_log, hook, bar)
                     break
                 except TrainingDivergedError as e:
                     if cfg.on_divergence != 'restart' or len(restarts) >= cfg.max_restarts: raise
                     restarts.append(dict(iteration=e.iteration, term=e.term, value=repr(e.value), lr=lr))
                     lr *= cfg.restart_lr_factor
                     warnings.warn(f"{e} Restarting scale {k} with lr {lr:g} (restart {len(restarts)} of at most {cfg.max_restarts}).")
-                    trim_log(log_path, k)
+                    run.trim_log(k)
                 finally: bar.close()
             seconds = time.perf_counter() - t0
             pyr.add(G, noise_amp); D.requires_grad_(False); discriminators.append(D); previous = (G, D)
             pic_gen = scale_generator(cfg.seed, k, 'picture', device)
-            atomic_write_bytes(_picture(reals[k], pyr.sample(k, pic_gen), pyr.reconstruction(k), cfg.value_range), out/f'scale_{k}.png')
+            atomic_write_bytes(_picture(reals[k], pyr.sample(k, pic_gen), pyr.reconstruction(k), cfg.value_range), run.picture(k))
             info = dict(scale=k, width=widths[k], size=list(sizes[k]), noise_amp=noise_amp, lr=lr, restarts=restarts,
                         iters=cfg.iters, seconds=round(seconds, 2), summary=summary, fingerprint=fp)
-            write_checkpoint(checkpoint_path(out, k), G, D, info, pyr.z_opt if k == 0 else None)
+            write_checkpoint(run.checkpoint(k), G, D, info, pyr.z_opt if k == 0 else None)
             infos.append(info); outer.update(1)
     finally: outer.close()
 
@@ -475,4 +471,4 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
                                 seconds=round(sum(i['seconds'] for i in infos), 1),
                                 noise_amps=[i['noise_amp'] for i in infos], lrs=[i['lr'] for i in infos],
                                 restarts={i['scale']: i['restarts'] for i in infos if i['restarts']}))
-    return write_weights([d.cpu() for d in discriminators], out/'loss.safetensors', meta)
+    return write_weights([d.cpu() for d in discriminators], run.loss, meta)

@@ -4,7 +4,9 @@
 
 # %% ../nbs/08_baselines.ipynb 3
 from __future__ import annotations
-import importlib.util, os, re
+import importlib.util, inspect, os, re, warnings
+from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -21,11 +23,12 @@ def _image_metrics():
 
 # %% auto 0
 __all__ = ['SSIM_KERNEL', 'MSSSIM_BETAS', 'WEIGHT_FILES', 'VGG16_LAYOUT', 'VGG16_TAPS', 'ALEXNET_TAPS', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'LPIPS_CHANNELS', 'PERCEPTUAL_WEIGHT', 'SWEEP_WEIGHTS',
-           'PRESETS', 'ALIASES', 'L1Loss', 'L2Loss', 'msssim_min_size', 'msssim_scales_for', 'SSIMLoss', 'MSSSIMLoss',
-           'torch_hub_checkpoints', 'weight_candidates', 'find_weights', 'load_state', 'vgg16_features',
+           'IMAGENET_STD', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'LPIPS_CHANNELS', 'LOSSES', 'PERCEPTUAL_WEIGHT',
+           'SWEEP_WEIGHTS', 'PRESETS', 'L1Loss', 'L2Loss', 'msssim_min_size', 'msssim_scales_for', 'SSIMLoss',
+           'MSSSIMLoss', 'torch_hub_checkpoints', 'weight_candidates', 'find_weights', 'load_state', 'vgg16_features',
            'alexnet_features', 'load_into', 'tap_features', 'random_weights_file', 'FrozenFeatureLoss',
-           'VGGPerceptualLoss', 'LPIPSLoss', 'LossSum', 'parse_loss_name', 'get_loss', 'loss_needs']
+           'VGGPerceptualLoss', 'LPIPSLoss', 'LossSum', 'LossEntry', 'register_loss', 'unregister_loss', 'loss_names',
+           'loss_entry', 'parse_loss_name', 'get_loss', 'loss_needs']
 
 # %% ../nbs/08_baselines.ipynb
 class L1Loss(ImageLoss):
@@ -278,53 +281,130 @@ class LossSum(nn.Module):
     def extra_repr(self) -> str: return f"{self.name!r}, reduction={self.reduction!r}"
 
 # %% ../nbs/08_baselines.ipynb
+@dataclass(frozen=True)
+class LossEntry:
+    "A registered loss: its name, how to build it, and what it reads from disk or needs installed."
+    name: str  # the name that loss names use, as in 'l1+0.1*NAME'
+    factory: Callable[..., nn.Module]  # builds the loss; given those of the keywords task, mdf_path, paths it accepts
+    needs: tuple[str, ...] = ()  # weight kinds it reads from disk: 'vgg16', 'alexnet', 'lpips-alex'
+    extras: tuple[str, ...] = ()  # pip extras of mdf-loss it imports, such as 'experiments'
+    aliases: tuple[str, ...] = ()  # other names for it, such as 'mse' for 'l2'
+    summary: str = ''  # one line for listings
+
+    def build(self, task: str | None = None, mdf_path=None, paths: dict | None = None) -> nn.Module:
+        "The loss module, with `reduction='none'` (one value per image), named by its registered name."
+        offered = dict(task=task, mdf_path=mdf_path, paths=dict(paths or {}))
+        params = inspect.signature(self.factory).parameters
+        any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        loss = self.factory(**{k: v for k, v in offered.items() if any_keyword or k in params})
+        if not isinstance(loss, nn.Module) or not hasattr(loss, 'reduction'):
+            raise TypeError(f"the factory of loss {self.name!r} returned a {type(loss).__name__}; it must return a loss module "
+                            "with a `reduction` attribute that gives one value per image under reduction='none' "
+                            "(subclass mdf_loss.core.ImageLoss and write its `per_image`)")
+        loss.reduction = 'none'
+        loss.name = self.name  # the registered name, also for aliases: 'mse' builds 'l2'
+        return loss
+
+LOSSES: dict[str, LossEntry] = {}  # name -> entry
+_ALIAS_OF: dict[str, str] = {}  # alias -> name
+_NAME = re.compile(r'^[a-z][a-z0-9.\-]*$')
+
+def register_loss(name: str, # lower-case letters, digits, '.' and '-', starting with a letter
+                  factory: Callable[..., nn.Module], # builds the loss (see `LossEntry.factory`)
+                  needs: tuple[str, ...] = (), # weight kinds it reads from disk (see `WEIGHT_FILES`)
+                  extras: tuple[str, ...] = (), # pip extras it needs
+                  aliases: tuple[str, ...] = (), # other names for it
+                  summary: str = '', # one line for listings
+                  replace: bool = False, # replace a registered loss of the same name
+                 ) -> LossEntry:
+    "Register a loss under `name`, for `get_loss` and every tool that names losses."
+    for n in (name, *aliases):
+        if not isinstance(n, str) or not _NAME.match(n):
+            raise ValueError(f"a loss name must be lower case, start with a letter and hold only letters, digits, '.' and '-'; "
+                             f"got {n!r}")
+        taken = _ALIAS_OF.get(n, n if n in LOSSES else None)
+        if taken is not None and taken != name:
+            raise ValueError(f"{n!r} already names the loss {taken!r}; choose another name")
+    if not callable(factory): raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    unknown = [k for k in needs if k not in WEIGHT_FILES]
+    if unknown: raise ValueError(f"needs names unknown weight kinds {unknown}; known: {list(WEIGHT_FILES)}")
+    if name in LOSSES:
+        if not replace: raise ValueError(f"loss {name!r} is already registered; pass replace=True to replace it")
+        unregister_loss(name)
+    entry = LossEntry(name, factory, tuple(needs), tuple(extras), tuple(aliases), summary)
+    LOSSES[name] = entry
+    _ALIAS_OF.update({a: name for a in aliases})
+    return entry
+
+def unregister_loss(name: str) -> LossEntry:
+    "Remove the loss `name` and its aliases from the registry; returns its entry."
+    entry = LOSSES.pop(loss_entry(name).name)
+    for a in entry.aliases: _ALIAS_OF.pop(a, None)
+    return entry
+
+def loss_names() -> list[str]:
+    "The registered loss names (aliases not included)."
+    return list(LOSSES)
+
+def loss_entry(name: str) -> LossEntry:
+    "The registry entry of `name` (or of the loss it is an alias of); the error lists the registry."
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in LOSSES: return LOSSES[key]
+    if key in _ALIAS_OF: return LOSSES[_ALIAS_OF[key]]
+    raise ValueError(f"unknown loss {name!r}; registered: {', '.join(loss_names())}; presets: {', '.join(PRESETS)}; "
+                     "or a sum such as l1+0.1*mdf-official, or the path of a .safetensors loss file. "
+                     "Add your own with mdf_loss.baselines.register_loss")
+
+# %% ../nbs/08_baselines.ipynb
+def _task_mdf(term: str, task: str | None, mdf_path) -> nn.Module:
+    "'mdf' (this project's loss for `task`, or the file `mdf_path`) and 'mdf-official' (the authors' loss for `task`)."
+    if term == 'mdf' and mdf_path is not None: return MDFLoss.load(mdf_path)
+    if task is None:
+        raise ValueError(f"loss {term!r} depends on the task; pass task= one of {', '.join(task_names('restoration'))}, "
+                         f"or name a loss file directly such as 'mdf-official-sisr'")
+    spec = get_task(task)
+    pretrained = spec.ours if term == 'mdf' else spec.official
+    if term != 'mdf' and pretrained is None:
+        raise ValueError(f"the authors published no MDF loss for task {spec.name!r}; use 'mdf' with mdf_path= (--mdf-weights)")
+    if term == 'mdf' and pretrained not in MDFLoss.available():
+        raise FileNotFoundError(f"loss 'mdf' for task {spec.name!r}: this project ships no loss of its own for it "
+                                f"(available: {MDFLoss.available()}); pass mdf_path= (--mdf-weights) with a file from "
+                                f"`mdf-loss train --task {spec.name}`, or use 'mdf-official'")
+    return MDFLoss.from_pretrained(pretrained)
+
+def _builtin_losses():
+    "Register the losses this package ships."
+    register_loss('l1', L1Loss, summary='mean absolute error')
+    register_loss('l2', L2Loss, aliases=('mse',), summary='mean squared error')
+    register_loss('ssim', SSIMLoss, extras=('experiments',), summary='1 - SSIM (torchmetrics)')
+    register_loss('msssim', MSSSIMLoss, aliases=('ms-ssim',), extras=('experiments',), summary='1 - MS-SSIM (torchmetrics)')
+    register_loss('vgg16', lambda paths: VGGPerceptualLoss(path=paths.get('vgg16')), needs=('vgg16',), aliases=('vgg',),
+                  summary='VGG16 feature loss (ImageNet weights from a local file)')
+    register_loss('lpips-alex', lambda paths: LPIPSLoss(path=paths.get('alexnet'), lin_path=paths.get('lpips-alex')),
+                  needs=('alexnet', 'lpips-alex'), aliases=('lpips',), summary='LPIPS with AlexNet (weights from local files)')
+    register_loss('haarpsi', HaarPSILoss, summary='1 - HaarPSI')
+    register_loss('mdf', lambda task, mdf_path: _task_mdf('mdf', task, mdf_path),
+                  summary="this project's MDF loss for the task, or the file mdf_path")
+    register_loss('mdf-official', lambda task: _task_mdf('mdf-official', task, None),
+                  summary="the authors' MDF loss for the task")
+    for shipped in MDFLoss.available():
+        register_loss(f'mdf-{shipped}', lambda shipped=shipped: MDFLoss.from_pretrained(shipped), aliases=(shipped,),
+                      summary=f'the shipped MDF loss {shipped!r}')
+
+_builtin_losses()
+
+# %% ../nbs/08_baselines.ipynb
 PERCEPTUAL_WEIGHT = 0.01
 SWEEP_WEIGHTS = (0.001, 0.01, 0.1, 1.0)
 PRESETS = {'vgg': 'l2+{w}*vgg16', 'lpips': 'l2+{w}*lpips-alex', 'msssim-l1': '0.84*msssim+0.16*l1'}
-ALIASES = {'mse': 'l2', 'l2': 'l2', 'l1': 'l1', 'ssim': 'ssim', 'msssim': 'msssim', 'ms-ssim': 'msssim',
-           'vgg16': 'vgg16', 'vgg': 'vgg16', 'lpips-alex': 'lpips-alex', 'lpips': 'lpips-alex', 'haarpsi': 'haarpsi'}
-_TERM = re.compile(r'^(?:(?P<w>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?(?P<name>[a-z0-9.\-]+)$')
+_TERM = re.compile(r'^(?:(?P<w>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?(?P<name>[a-z][a-z0-9.\-]*)$')
 
-def _mdf_term(term: str, task: str | None, mdf_path) -> nn.Module:
-    if term == 'mdf' and mdf_path is not None: loss = MDFLoss.load(mdf_path, reduction='none'); loss.name = 'mdf'; return loss
-    if term in ('mdf', 'mdf-official'):
-        if task is None:
-            raise ValueError(f"loss {term!r} depends on the task; pass task= one of {', '.join(task_names('restoration'))}, "
-                             f"or name a loss file directly such as 'mdf-official-sisr'")
-        spec = get_task(task)
-        pretrained = spec.ours if term == 'mdf' else spec.official
-        if term == 'mdf-official' and pretrained is None:
-            raise ValueError(f"the authors published no MDF loss for task {spec.name!r}; use 'mdf' with mdf_path= (--mdf-weights)")
-        if term == 'mdf' and pretrained not in MDFLoss.available():
-            raise FileNotFoundError(f"loss 'mdf' for task {spec.name!r}: this project ships no loss of its own for it "
-                                    f"(available: {MDFLoss.available()}); pass mdf_path= (--mdf-weights) with a file from "
-                                    f"`mdf-loss train --task {spec.name}`, or use 'mdf-official'")
-    else:
-        pretrained = term[len('mdf-'):]
-        if pretrained not in MDFLoss.available():
-            raise ValueError(f"unknown MDF loss {term!r}; available: {['mdf-' + n for n in MDFLoss.available()]}")
-    loss = MDFLoss.from_pretrained(pretrained, reduction='none')
-    loss.name = term
-    return loss
-
-def _term(name: str, task, mdf_path, paths: dict) -> nn.Module:
-    if name == 'mdf' or name.startswith('mdf-'): return _mdf_term(name, task, mdf_path)
-    kind = ALIASES.get(name)
-    if kind is None:
-        raise ValueError(f"unknown loss {name!r}; choose from l1, l2 (mse), ssim, msssim, vgg16, lpips-alex, haarpsi, "
-                         f"the presets {', '.join(PRESETS)}, mdf, mdf-official or mdf-<name> (mdf-official-jpeg, ...), "
-                         "or a sum such as l1+0.1*mdf-official")
-    if kind == 'l1': return L1Loss('none')
-    if kind == 'l2': return L2Loss('none')
-    if kind == 'ssim': return SSIMLoss('none')
-    if kind == 'msssim': return MSSSIMLoss('none')
-    if kind == 'vgg16': return VGGPerceptualLoss('none', path=paths.get('vgg16'))
-    if kind == 'lpips-alex': return LPIPSLoss('none', path=paths.get('alexnet'), lin_path=paths.get('lpips-alex'))
-    return HaarPSILoss(reduction='none')
+def _is_path(name: str) -> bool: return name.strip().lower().endswith('.safetensors') or os.sep in name
 
 def parse_loss_name(name: str, weight: float | None = None) -> list[tuple[float, str]]:
-    "The (weight, term) pairs that a loss name stands for."
+    "The (weight, registered name) pairs that a loss name stands for."
     if not isinstance(name, str) or not name.strip(): raise ValueError(f"a loss name must be a non-empty string, got {name!r}")
+    if _is_path(name): return [(1.0, name.strip())]
     key = name.strip().lower().replace(' ', '')
     if key in PRESETS: key = PRESETS[key].format(w=_fmt_weight(PERCEPTUAL_WEIGHT if weight is None else weight))
     terms = []
@@ -332,21 +412,28 @@ def parse_loss_name(name: str, weight: float | None = None) -> list[tuple[float,
         m = _TERM.match(part)
         if m is None: raise ValueError(f"cannot read the term {part!r} of loss {name!r}; write terms as 'name' or 'w*name', joined by '+'")
         w = float(m['w']) if m['w'] else (1.0 if i == 0 or weight is None else float(weight))
-        terms.append((w, ALIASES.get(m['name'], m['name'])))
+        terms.append((w, loss_entry(m['name']).name))
     return terms
 
-def get_loss(name: str,  # a term, a preset or a '+'-joined sum (see the table above)
+def _build(term: str, task, mdf_path, paths: dict) -> nn.Module:
+    if not _is_path(term): return loss_entry(term).build(task, mdf_path, paths)
+    path = Path(term).expanduser()
+    if not path.is_file(): raise FileNotFoundError(f"loss file {term!r} does not exist; give the path of a .safetensors loss file")
+    loss = MDFLoss.load(path, reduction='none'); loss.name = path.name
+    return loss
+
+def get_loss(name: str,  # a term, a preset, a '+'-joined sum (see the table above) or a .safetensors path
              task: str | None = None,  # a registered task: picks the MDF loss of 'mdf' and 'mdf-official'
              weight: float | None = None,  # factor of the later terms without an explicit one
              mdf_path=None,  # a .safetensors loss file for the term 'mdf'
              reduction: str = 'mean',
              vgg16_path=None, alexnet_path=None, lpips_path=None,  # weight files (else env vars / torch hub cache)
             ) -> nn.Module:
-    "A loss module `loss(output, target)` from its short name; its `name` attribute spells out the terms."
+    "A loss module `loss(output, target)` from its name; its `name` attribute spells out the terms."
     check_reduction(reduction)
     terms = parse_loss_name(name, weight)
     paths = {'vgg16': vgg16_path, 'alexnet': alexnet_path, 'lpips-alex': lpips_path}
-    built = [(w, _term(t, task, mdf_path, paths)) for w, t in terms]
+    built = [(w, _build(t, task, mdf_path, paths)) for w, t in terms]
     if len(built) == 1 and built[0][0] == 1.0:
         loss = built[0][1]
         loss.reduction = reduction
@@ -355,5 +442,11 @@ def get_loss(name: str,  # a term, a preset or a '+'-joined sum (see the table a
 
 def loss_needs(name: str) -> set[str]:
     "The weight kinds ('vgg16', 'alexnet', 'lpips-alex') that the loss `name` reads from disk."
-    kinds = {t for _, t in parse_loss_name(name)}
-    return ({'vgg16'} if 'vgg16' in kinds else set()) | ({'alexnet', 'lpips-alex'} if 'lpips-alex' in kinds else set())
+    return {k for _, t in parse_loss_name(name) if not _is_path(t) for k in loss_entry(t).needs}
+
+def __getattr__(name: str):
+    if name == 'ALIASES':  # version 0.1's alias table; the registry replaces it
+        warnings.warn("mdf_loss.baselines.ALIASES is deprecated and will be removed in 0.3; use loss_entry(name).name, "
+                      "or LOSSES and each entry's aliases", DeprecationWarning, stacklevel=2)
+        return {**{n: n for n in LOSSES}, **_ALIAS_OF}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
+from .runs import RunFolder
 from .weights import need
 
 # %% auto 0
@@ -77,9 +78,10 @@ def train_config_from_args(args):
     out, stored = get('out'), None
     if get('resume'):
         need(out is not None, "--resume needs --out: the folder of the run to continue")
-        need((Path(out)/'config.json').is_file(), f"there is no phase-1 run to resume in {out} (no config.json); "
-                                                    "check the folder, or start a new run without --resume")
-        stored = TrainConfig.from_json((Path(out)/'config.json').read_text())
+        run = RunFolder(out)
+        need(run.started, f"there is no phase-1 run to resume in {out} (no {RunFolder.CONFIG}); "
+                          "check the folder, or start a new run without --resume")
+        stored = run.read_config(TrainConfig)
     task = get('task') or (stored.task if stored else None)
     need(task is not None, f"--task is required for a new run: one of {', '.join(task_names('phase1'))}")
     spec = get_task(task)
@@ -94,7 +96,7 @@ def train_config_from_args(args):
         params = dict(_parse_param(p) for p in get('param') or [])
         if get('custom_fn'): changes['custom_fn'] = get('custom_fn')
         elif stored is None: raise ValueError(f"--task {OPEN_TASK} needs --custom MODULE:FUNCTION (your distortion fn(x, **params) -> x)")
-        else: raise ValueError(f"{Path(out)/'config.json'} names the custom distortion {stored.custom_fn!r}; --resume does not import "
+        else: raise ValueError(f"{RunFolder(out).config} names the custom distortion {stored.custom_fn!r}; --resume does not import "
                                f"code named only by a run folder (it may come from someone else). If you trust it, pass it again: "
                                f"--custom {stored.custom_fn}")
     if params or stored is None: changes['distortion'] = params
@@ -142,11 +144,13 @@ def cli_train(args) -> int:
 def experiment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `mdf-loss experiment` to `parser`; returns it."
     from mdf_loss.restoration.experiment import DEFAULT_LOSSES, EXPERIMENT_PRESETS, SELECT_BY
+    from mdf_loss.baselines import PRESETS as LOSS_PRESETS, loss_names
     a = parser.add_argument
     a('--task', required=True, choices=task_names('restoration'), help='restoration task')
     a('--losses', default=','.join(DEFAULT_LOSSES),
-      help="comma-separated loss names: l1, l2, ssim, msssim, msssim-l1, vgg, lpips, haarpsi, mdf-official, mdf, mdf-<name>, "
-           "or sums such as l1+mdf-official (default: %(default)s)")
+      help=f"comma-separated loss names: any registered loss ({', '.join(loss_names())}), the presets "
+           f"{', '.join(LOSS_PRESETS)}, a .safetensors loss file, or sums such as l1+mdf-official; --import a module "
+           "that calls mdf_loss.baselines.register_loss to add yours (default: %(default)s)")
     a('--train', type=Path, required=True, help='folder of training images (e.g. benchmarks/CSun_Hays80)')
     a('--test', type=Path, nargs='+', required=True, help='one or more folders of test images (e.g. CSet5 CSet14 CBSD68)')
     a('--preset', choices=list(EXPERIMENT_PRESETS), default='quick', help='quick: CPU minutes; paper: GPU (default: quick)')
@@ -214,16 +218,16 @@ def _writable(folder: Path):
 def cli_demo(args) -> int:
     "Run `mdf-loss demo`; returns the exit code."
     from mdf_loss.core import bundled_image_path
-    from mdf_loss.demo import run_demo
+    from mdf_loss.demo import PHASE1_DIR, run_demo
     _writable(args.out)
     if args.train_iters:
         print(f"mdf-loss demo: phase 1, training a {DEFAULT_TASK} loss on {bundled_image_path().name} "
-              f"({args.train_iters} iterations per scale) in {args.out/'phase1'}")
+              f"({args.train_iters} iterations per scale) in {args.out/PHASE1_DIR}")
     print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps per loss")
     res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)
     print((args.out/'results.md').read_text())
     print(f"wrote {args.out/'demo.png'}, {args.out/'results.md'} and {args.out/'results.json'} in {res['seconds']:.0f} s" +
-          (f"; the trained loss is {args.out/'phase1'/'loss.safetensors'}" if args.train_iters else ''))
+          (f"; the trained loss is {RunFolder(args.out/PHASE1_DIR).loss}" if args.train_iters else ''))
     return 0
 
 def cli_convert(args) -> int:
@@ -265,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--size', type=int, default=64, help='short side of the photo in pixels (default: 64)')
     d.add_argument('--seed', type=int, default=0)
     d.add_argument('--train-iters', type=int, default=0, help='also train a fresh loss first, with this many phase-1 iterations per scale '
-                   '(200 take about 3.5 minutes on 2 CPU cores; default 0: the shipped loss only)')
+                   '(minutes on a CPU; the demo prints how long it took; default 0: the shipped loss only)')
     d.set_defaults(func=cli_demo)
     c = sub.add_parser('convert-official', help="convert the authors' legacy .pth pickle to a .safetensors loss file, safely")
     c.add_argument('src', type=Path, help='Ds_SISR.pth, Ds_Denoising.pth or Ds_JPEG.pth')

@@ -14,11 +14,12 @@ from .core import (atomic_write_bytes, bundled_image_path, data_dir, load_image,
                            require, seed_everything)
 from .loss import MDFLoss, pixel_optimisation
 from .adversarial import TrainConfig, train
+from .runs import RunFolder
 from .tasks import DEFAULT_TASK, get_task
 from .baselines import get_loss, find_weights
 
 # %% auto 0
-__all__ = ['PUBLISHED', 'COLORS', 'SHORT', 'reference_curves', 'pixel_comparison', 'demo_figure', 'train_demo_loss',
+__all__ = ['PUBLISHED', 'COLORS', 'SHORT', 'PHASE1_DIR', 'reference_curves', 'pixel_comparison', 'demo_figure', 'train_demo_loss',
            'demo_losses', 'run_demo']
 
 # %% ../nbs/10_demo.ipynb
@@ -125,15 +126,17 @@ def demo_figure(curves: dict, finals: dict, target: torch.Tensor, start: torch.T
     return fig
 
 # %% ../nbs/10_demo.ipynb
+PHASE1_DIR = 'phase1'  # the demo's phase-1 run folder, inside its output folder
+
 def train_demo_loss(out: Path, iters: int = 200, seed: int = 0, progress: bool = True) -> Path:
     "Phase 1 at the `quick` preset's size with `iters` iterations per scale, in `out` (resumed if already there)."
     cfg = TrainConfig.from_preset('quick', task=DEFAULT_TASK, iters=iters, seed=seed)  # denoising, sigma 25
-    done = out/'loss.safetensors'
-    if done.is_file(): return done
+    run = RunFolder(out)
+    if run.finished: return run.loss
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # these tiny scales are launch-bound: more threads only contend
     try:
-        return train(cfg, out, resume=(out/'config.json').is_file(), progress=progress,
+        return train(cfg, run.path, resume=run.started, progress=progress,
                      command=f'mdf-loss demo (phase 1: quick preset, {iters} iterations per scale, seed {seed})')
     finally: torch.set_num_threads(threads)
 
@@ -176,7 +179,9 @@ def run_demo(out: Path | str = 'mdf_demo', # the output folder
     if train_iters < 0: raise ValueError(f"--train-iters must be 0 (skip phase 1) or more, got {train_iters}")
     out = Path(out)
     t0 = time.perf_counter()
-    ours = train_demo_loss(out/'phase1', train_iters, seed, progress) if train_iters else None
+    phase1 = RunFolder(Path(out)/PHASE1_DIR)
+    reused = train_iters > 0 and phase1.finished  # a finished run is not trained again
+    ours = train_demo_loss(phase1.path, train_iters, seed, progress) if train_iters else None
     train_s = time.perf_counter() - t0
     losses, what = demo_losses(ours)
     target = load_image(bundled_image_path(), size=size)
@@ -193,12 +198,15 @@ def run_demo(out: Path | str = 'mdf_demo', # the output folder
     rows = ['| loss | PSNR at step 0 / 25 / 100 / final (dB) | final SSIM | seconds | what it is |', '|---|---|---|---|---|']
     rows += [f"| {k} | {' / '.join(f'{v:.2f}' for v in r['psnr_at'].values())} | {r['ssim']:.4f} | {r['seconds']:.1f} | {r['what']} |" for k, r in results.items()]
     rows += [f"| {k} | | | | {v} |" for k, v in skipped.items()]
+    if ours is not None:
+        rows += ['', f"Phase 1 for 'MDF (ours, trained now)' ({train_iters} iterations per scale): " +
+                 ('reused the loss already in the output folder.' if reused else f'{train_s:.0f} s on this machine.')]
     if published:
         rows += ['', "The authors' published curves (their photo at 384 x 512), PSNR at step 0 / 25 / 100 / last (dB):", '']
         rows += [f"- {PUBLISHED.get(k, k)}: " + ' / '.join(f'{v[s]:.2f}' for s in (0, 25, 100, -1)) for k, v in published.items()]
     atomic_write_bytes(('\n'.join(rows) + '\n').encode(), out/'results.md')
     record = dict(steps=steps, size=list(target.shape[-2:]), seed=seed, lr=lr, version=package_version(),
-                  phase1=dict(loss=str(ours) if ours else None, iters_per_scale=train_iters, seconds=round(train_s, 1)),
+                  phase1=dict(loss=str(ours) if ours else None, iters_per_scale=train_iters, seconds=round(train_s, 1), reused=reused),
                   published_curves={k: dict(label=PUBLISHED.get(k, k), image="the authors' i10.png, 384 x 512", start="their noisy_start.npy",
                                             psnr_last=round(float(v[-1]), 2)) for k, v in published.items()},
                   not_run=skipped, results=results, seconds=round(time.perf_counter() - t0, 1))

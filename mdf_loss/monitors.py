@@ -4,7 +4,7 @@
 
 # %% ../nbs/11a_monitors.ipynb 3
 from __future__ import annotations
-import asyncio, html, json, time, warnings
+import asyncio, html, json, os, re, time, warnings
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +16,8 @@ from .core import bundled_image_path, to_pil
 from .distortions import gaussian_blur, gaussian_noise, jpeg
 from .loss import MDFLoss
 from .adversarial import TrainConfig, scale_sizes
+from .baselines import get_loss
+from .runs import RunFolder
 from .widgets import App, W, Figure, THREADS, figure_png, prepare_image, running_loop, torch_threads, _tm
 
 # %% auto 0
@@ -34,15 +36,11 @@ def start_image(target: torch.Tensor, start: str, seed: int = 0) -> torch.Tensor
     raise ValueError(f"start must be one of {STARTS}, got {start!r}")
 
 def resolve_race_loss(spec) -> Callable:
-    "A callable `loss(x, target)` from a callable, a shipped MDF name or a `mdf_loss.baselines` name."
+    "A callable `loss(x, target)`: the callable itself, or a loss by name or file (`mdf_loss.baselines.get_loss`)."
     if callable(spec): return spec
-    if isinstance(spec, str):
-        if spec in MDFLoss.available(): return MDFLoss.from_pretrained(spec)
-        if spec.lower() in ('l2', 'mse'): return F.mse_loss
-        if spec.lower() == 'l1': return F.l1_loss
-        from mdf_loss.baselines import get_loss
-        return get_loss(spec)
-    raise TypeError(f"a race loss must be a callable loss(x, target) or a name, got {type(spec).__name__}")
+    if isinstance(spec, (str, os.PathLike)): return get_loss(str(spec))
+    raise TypeError(f"a race loss must be a callable loss(x, target), a registered loss name or a .safetensors path, "
+                    f"got {type(spec).__name__}")
 
 # %% ../nbs/11a_monitors.ipynb
 RACE_COLORS = ('#c44e52', '#4c72b0', '#55a868', '#8172b2', '#ccb974', '#64b5cd')
@@ -183,7 +181,8 @@ class TrainingMonitor(App):
     "Follow a phase-1 run folder: scale progress, critic and generator losses, and the latest samples."
     def __init__(self, run_dir, interval: float = 2.0, follow: bool = True):
         self.run_dir = Path(run_dir).expanduser()
-        if self.run_dir.is_file(): raise ValueError(f"{self.run_dir} is a file; give the run folder (the one holding log.jsonl)")
+        self.run = RunFolder(self.run_dir)
+        if self.run_dir.is_file(): raise ValueError(f"{self.run_dir} is a file; give the run folder (the one holding {RunFolder.LOG})")
         self.interval, self.poller = interval, None
         self.rows, self.run_config, self.bad_lines = [], {}, 0
         self._offset, self._partial, self._log_id, self._sample_key = 0, b'', None, None
@@ -203,10 +202,18 @@ class TrainingMonitor(App):
         self.refresh()
         self._poll()
 
+    @property
+    def run_name(self) -> str:
+        "The run folder's name, which the header shows (its full path is the name's tooltip)."
+        return self.run_dir.absolute().name or str(self.run_dir)
+
+    def __repr__(self) -> str:  # the header as text, without the folder's path (a notebook's saved output shows it)
+        return f"TrainingMonitor({html.unescape(re.sub(r'<[^>]+>', '', self.header.value.replace('<br>', '; ')))})"
+
     # reading the run folder
     def _read_log(self) -> bool:
-        "Read new complete lines of log.jsonl; True if any arrived."
-        path = self.run_dir/'log.jsonl'
+        "Read the new complete lines of the run's log; True if any arrived."
+        path = self.run.log
         if not path.is_file(): return False
         st = path.stat()
         if (st.st_ino, st.st_dev) != self._log_id or st.st_size < self._offset:  # new or rewritten: start over
@@ -225,17 +232,13 @@ class TrainingMonitor(App):
 
     @property
     def samples(self) -> dict[int, Path]:
-        "Scale -> its picture `scale_{k}.png`, for the scales that have one."
-        found = {}
-        for p in self.run_dir.glob('scale_*.png'):
-            try: found[int(p.stem.split('_')[1])] = p
-            except ValueError: pass
-        return dict(sorted(found.items()))
+        "Scale -> its picture (real | random sample | reconstruction), for the scales that have one."
+        return self.run.pictures()
 
     @property
     def finished(self) -> bool:
-        "Whether the run has written its loss file, `loss.safetensors`."
-        return (self.run_dir/'loss.safetensors').is_file()
+        "Whether the run has written its loss file."
+        return self.run.finished
 
     @property
     def series(self) -> dict[str, np.ndarray]:
@@ -249,7 +252,7 @@ class TrainingMonitor(App):
     def refresh(self):
         "Read what is new in the run folder and redraw what changed."
         try:
-            config = self.run_dir/'config.json'
+            config = self.run.config
             if config.is_file() and not self.run_config:
                 self.run_config = json.loads(config.read_text())
                 self.total_scales, self.iters = run_scales(self.run_config), self.run_config.get('iters')
@@ -273,18 +276,19 @@ class TrainingMonitor(App):
         cfg, n, iters = self.run_config, getattr(self, 'total_scales', None), getattr(self, 'iters', None)
         last = max(self.rows, key=lambda r: (r['scale'], r['iter'])) if self.rows else None
         self.current_scale = last['scale'] if last else None
-        done = len(list((self.run_dir/'checkpoints').glob('scale_*.safetensors'))) if (self.run_dir/'checkpoints').is_dir() else 0
+        done = len(self.run.finished_scales())
         self.scales_done = done
-        if self.finished: state = '<b style="color:#2e7d32">finished</b>: loss.safetensors written'
+        if self.finished: state = f'<b style="color:#2e7d32">finished</b>: {RunFolder.LOSS} written'
         elif not self.run_dir.exists(): state = 'waiting for the run folder to appear'
         elif last is None: state = 'waiting for the first log lines'
         else:
-            idle = time.time() - (self.run_dir/'log.jsonl').stat().st_mtime
+            idle = time.time() - self.run.log.stat().st_mtime
             state = 'training' if idle < 300 else f'<b style="color:#b00020">no new log lines for {idle/60:.0f} min</b> (stopped?)'
         task = cfg.get('task', '?') + (f" {cfg['distortion']}" if cfg.get('distortion') else '')
         where = (f"scale {last['scale']} of {n if n else '?'} (0 = coarsest), iteration {last['iter'] + 1} of {iters or '?'}; "
                  f"{done} scale{'s' if done != 1 else ''} done" if last else '')
-        self.header.value = (f"<b>{html.escape(str(self.run_dir))}</b>: phase 1, task {html.escape(task)}<br>"
+        self.header.value = (f'<b title="{html.escape(str(self.run_dir.absolute()))}">{html.escape(self.run_name)}</b>: '
+                             f"phase 1, task {html.escape(task)}<br>"
                              f"{where}{'; ' if where else ''}{state}")
         if n and iters: self.progress.max, self.progress.value = n*iters, min(len(self.rows), n*iters)
         else: self.progress.max, self.progress.value = max(1, len(self.rows)), len(self.rows)

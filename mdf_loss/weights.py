@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_weights.ipynb 3
 from __future__ import annotations
-import dataclasses, datetime, io, json, math, pickle, struct
+import dataclasses, datetime, io, json, math, pickle, struct, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,13 +14,14 @@ import torch
 from .blocks import Discriminator, Generator, TAPS
 from .checkout import note_read, sha256
 from .core import ASSETS, atomic_write_bytes, package_version, read_tensors, write_tensors
+from .runs import RunFolder, append_log as _append_log, trim_log as _trim_log
 from .tasks import get_task, task_names
 
 # %% auto 0
 __all__ = ['FORMAT_VERSION', 'META_KEY', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL', 'PRETRAINED', 'ALIASES', 'CHECKPOINT_KEY',
            'CHECKPOINT_VERSION', 'MAX_CHECKPOINT_WIDTH', 'WeightFileError', 'write_weights', 'read_weights',
            'UnsafePickleError', 'import_official', 'available', 'pretrained_path', 'read_pretrained',
-           'convert_official', 'need', 'JSONConfig', 'checkpoint_path', 'write_checkpoint', 'read_checkpoint',
+           'convert_official', 'need', 'JSONConfig', 'write_checkpoint', 'read_checkpoint', 'checkpoint_path',
            'append_log', 'trim_log', 'same_weights']
 
 # %% ../nbs/04_weights.ipynb
@@ -317,8 +318,6 @@ class JSONConfig:
 CHECKPOINT_KEY = 'mdf_loss_checkpoint'
 CHECKPOINT_VERSION = 1
 
-def checkpoint_path(out_dir, k: int) -> Path: return Path(out_dir)/'checkpoints'/f'scale_{k}.safetensors'
-
 def write_checkpoint(path, G: Generator, D: Discriminator, info: dict, z_opt: torch.Tensor | None = None) -> Path:
     "Write one finished scale (G, D, optional z_opt, JSON `info`) atomically; returns the path."
     tensors = {f'G.{n}': t for n, t in G.state_dict().items()}
@@ -363,20 +362,21 @@ def read_checkpoint(path) -> tuple[Generator, Discriminator, dict, torch.Tensor 
     return G.eval(), D.eval(), info, tensors.get('z_opt')
 
 # %% ../nbs/04_weights.ipynb
-def append_log(path: Path, rows: list[dict]):
-    "Append `rows` to a phase-1 log (one JSON object per line) and flush them."
-    with open(path, 'a') as f:
-        f.write(''.join(json.dumps(r) + '\n' for r in rows)); f.flush()
+def _moved(old: str, new: str):
+    warnings.warn(f"mdf_loss.weights.{old} moved: use {new}; the old name goes in 0.3", DeprecationWarning, stacklevel=3)
 
-def trim_log(path: Path, keep_below: int):
-    "Keep only the complete log lines of scales < `keep_below` (drops unfinished or retried scales)."
-    if not path.exists(): return
-    kept = []
-    for line in path.read_text().splitlines():
-        try: row = json.loads(line)
-        except json.JSONDecodeError: continue  # a line cut by a kill
-        if isinstance(row, dict) and row.get('scale', keep_below) < keep_below: kept.append(line + '\n')
-    atomic_write_bytes(''.join(kept).encode(), path)
+def checkpoint_path(out_dir, k: int) -> Path:
+    "Deprecated: `mdf_loss.runs.RunFolder(out_dir).checkpoint(k)`."
+    _moved('checkpoint_path', 'mdf_loss.runs.RunFolder(out_dir).checkpoint(k)')
+    return RunFolder(out_dir).checkpoint(k)
+
+def append_log(path, rows: list[dict]):
+    "Deprecated: `mdf_loss.runs.append_log`, or `RunFolder.append_log`."
+    _moved('append_log', 'mdf_loss.runs.append_log or RunFolder.append_log'); _append_log(path, rows)
+
+def trim_log(path, keep_below: int):
+    "Deprecated: `mdf_loss.runs.trim_log`, or `RunFolder.trim_log`."
+    _moved('trim_log', 'mdf_loss.runs.trim_log or RunFolder.trim_log'); _trim_log(path, keep_below)
 
 # %% ../nbs/04_weights.ipynb
 def same_weights(a, b) -> bool:

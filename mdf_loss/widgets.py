@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from .core import load_image, bundled_image_path, require, to_pil, resize
 from .tasks import DEFAULT_TASK, get_task, task_names
 from .loss import MDFLoss
+from .baselines import get_loss
 
 W = require('ipywidgets', 'widgets')
 Figure = require('matplotlib.figure', 'widgets').Figure
@@ -189,15 +190,16 @@ class App(W.VBox):
 
 # %% ../nbs/11_widgets.ipynb
 def resolve_loss(spec) -> MDFLoss:
-    "An `MDFLoss` from an instance, a shipped name (see `MDFLoss.available()`) or a `.safetensors` path."
+    "An `MDFLoss` from an instance, a weight file, or a registered MDF loss name (`mdf_loss.baselines.get_loss`)."
     if isinstance(spec, MDFLoss): return spec
-    if isinstance(spec, str) and spec in MDFLoss.available(): return MDFLoss.from_pretrained(spec)
-    if isinstance(spec, (str, os.PathLike)):
-        p = Path(spec).expanduser()
-        if p.is_file(): return MDFLoss.load(p)
-        raise ValueError(f"{str(spec)!r} is neither a shipped loss ({', '.join(MDFLoss.available())}) nor an existing "
-                         "weight file; give a name from MDFLoss.available() or the path of a .safetensors file")
-    raise TypeError(f"a loss must be an MDFLoss, a shipped name or a .safetensors path, got {type(spec).__name__}")
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and Path(spec).expanduser().is_file()):
+        return MDFLoss.load(Path(spec).expanduser())
+    if isinstance(spec, str):
+        loss = get_loss(spec)  # the error for an unknown name lists the registry
+        if isinstance(loss, MDFLoss): return loss
+        raise ValueError(f"{spec!r} is a registered loss but not an MDF loss, and the explorers show discriminators; "
+                         f"give an MDF loss ({', '.join(MDFLoss.available())}) or a .safetensors file")
+    raise TypeError(f"a loss must be an MDFLoss, a registered MDF loss name or a .safetensors path, got {type(spec).__name__}")
 
 def loss_options(loss=None) -> dict:
     "Label -> loss (or name or path) for the loss picker: every shipped loss by default."

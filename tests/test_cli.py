@@ -33,6 +33,8 @@ def test_demo_writes_figure_and_table(tmp_path):
     for r_ in res.values():
         assert len(r_['psnr_curve']) == 4 and r_['psnr_curve'][-1] > r_['psnr_curve'][0]
     assert 'wrote' in r.stdout and 'demo.png' in r.stdout
+    assert "Phase 1 for 'MDF (ours, trained now)' (3 iterations per scale): " in r.stdout, r.stdout  # how long it took
+    assert json.loads((out / 'results.json').read_text())['phase1']['reused'] is False
     from PIL import Image
     assert Image.open(out / 'demo.png').size[0] > 600
 
@@ -43,6 +45,7 @@ def test_demo_by_default_uses_the_shipped_loss_and_trains_nothing(tmp_path):
     assert {p.name for p in (tmp_path / 'out').iterdir()} == {'demo.png', 'results.md', 'results.json'}
     rec = json.loads((tmp_path / 'out' / 'results.json').read_text())
     assert rec['phase1']['loss'] is None and 'MDF (ours, trained now)' not in rec['results']
+    assert 'Phase 1' not in (tmp_path / 'out' / 'results.md').read_text()
     assert '--preset medium' in rec['results']['MDF (ours, shipped denoise)']['what']  # says how the shipped loss was made
 
 
