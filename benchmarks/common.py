@@ -73,3 +73,18 @@ def write_pair(out, text: str, markdown: str) -> Path:
     out.with_suffix('.json').write_text(text + '\n')
     out.with_suffix('.md').write_text(markdown)
     return out
+
+
+def quick_denoise_sampler(seed: int = 0):
+    """The set-up the training-step benchmarks share: the quick preset's sizes, the denoising task and a patch sampler
+    of its training images (CSun_Hays80). Exits with SKIPPED where the shared data folder is absent."""
+    from mdf_loss.core import data_dir
+    from mdf_loss.restoration.data import PatchSampler, list_images, load_training_images
+    from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
+    from mdf_loss.tasks import get_task
+    root = data_dir()
+    if root is None: sys.exit('SKIPPED: shared data not found; set MDF_LOSS_DATA')
+    cfg, spec = EXPERIMENT_PRESETS['quick'], get_task('denoise')
+    images = load_training_images(list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images']),
+                                  cfg['train_scale'], cfg['patch'])
+    return cfg, spec, PatchSampler(images, spec, cfg['patch'], cfg['batch'], seed)

@@ -36,16 +36,12 @@ from pathlib import Path
 import torch
 
 from mdf_loss import MDFLoss
-from mdf_loss.core import data_dir
-from mdf_loss.tasks import get_task
-from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
-from mdf_loss.restoration.data import PatchSampler, list_images, load_training_images
 from mdf_loss.restoration.networks import make_network
 from mdf_loss.restoration.trainer import train
 from mdf_loss.baselines import get_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command_line, load_average, machine, now  # noqa: E402
+from common import command_line, load_average, machine, now, quick_denoise_sampler  # noqa: E402
 from fast_mode_quality import loss_options  # noqa: E402
 
 VARIANTS = ('', '+narrow', '+image', '+image+narrow', '+image+poisson', '+strat', '+strat+narrow', '+image+strat+narrow')
@@ -112,12 +108,7 @@ def main(argv=None):
     p.add_argument('--yardstick-only', metavar='JSON', help='add minibatch_rel_var to each state of this recorded result')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    root = data_dir()
-    if root is None: sys.exit('SKIPPED: shared data not found; set MDF_LOSS_DATA')
-    cfg = EXPERIMENT_PRESETS['quick']
-    spec = get_task('denoise')
-    images = load_training_images(list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images']), cfg['train_scale'], cfg['patch'])
-    sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], a.seed)
+    cfg, spec, sampler = quick_denoise_sampler(a.seed)
     inp, target = sampler.batch(10_000)  # a batch the L1 steps never drew
     torch.manual_seed(a.seed)
     model = make_network(spec.networks[0], cfg['size'])

@@ -36,14 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from mdf_loss import MDFLoss
-from mdf_loss.core import data_dir
-from mdf_loss.tasks import get_task
-from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
-from mdf_loss.restoration.data import PatchSampler, list_images, load_training_images
 from mdf_loss.restoration.networks import make_network
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loss_speed import ReferenceMDF, VGGPerceptual, machine, report  # noqa: E402
+from common import quick_denoise_sampler  # noqa: E402
 from fast_mode_quality import loss_options  # noqa: E402  (the MDF modes and sampler options, one parser)
 
 WEIGHTS = 'official-denoise'
@@ -101,12 +98,7 @@ def main(argv=None):
     p.add_argument('--out')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    root = data_dir()
-    if root is None: sys.exit('SKIPPED: shared data not found; set MDF_LOSS_DATA')
-    cfg = EXPERIMENT_PRESETS['quick']
-    spec = get_task('denoise')
-    images = load_training_images(list_images(root/'benchmarks'/'CSun_Hays80', cfg['max_train_images']), cfg['train_scale'], cfg['patch'])
-    sampler = PatchSampler(images, spec, cfg['patch'], cfg['batch'], 0)
+    cfg, spec, sampler = quick_denoise_sampler(0)
     batches = [tuple(t.to(a.device) for t in sampler.batch(i)) for i in range(16)]
     torch.manual_seed(0)
     net = make_network(spec.networks[0], cfg['size'])
