@@ -19,9 +19,10 @@ from .core import (load_image, resize, singan_pyramid, singan_reals, singan_resi
                            progress_bar, pyramid_sizes_v0)
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, identity
-from .tasks import DEFAULT_TASK, get_task, task_names
+from .configs import ConfigError, JSONConfig, need, option
+from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
 from .runs import RunFolder
-from .weights import JSONConfig, need, read_checkpoint, write_checkpoint, write_weights
+from .weights import read_checkpoint, write_checkpoint, write_weights
 
 # %% auto 0
 __all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'ARITHMETICS', 'STREAMS', 'TERMS', 'NOT_IN_FINGERPRINT', 'TrainConfig', 'scale_sizes',
@@ -50,18 +51,18 @@ _NUMBERS = [  # (fields, test, what they must be)
 @dataclass
 class TrainConfig(JSONConfig):
     "Everything that defines a phase-1 run; SinGAN's defaults unless a preset or you say otherwise."
-    task: str = DEFAULT_TASK  # a registered task: 'denoise', 'jpeg', 'sisr', 'deblur', 'custom' or one of yours
-    distortion: dict = field(default_factory=dict)  # the task's parameters, e.g. {'sigma': 25}; task defaults otherwise
-    custom_fn: str | None = None  # 'module:function' of a custom distortion for a new CLI run (a resume must name it again); or pass distortion= to train
+    task: str = option(DEFAULT_TASK, always=True, choices=lambda: task_names('phase1'))  # the distortion the loss learns to spot (a registered task; required for a new run on the command line)
+    distortion: dict = option(default_factory=dict, flag='--param', metavar='NAME=VALUE', strength='phase1')  # the task's parameters, such as {'sigma': 25}, task defaults otherwise; on the command line the strength's own flag (--sigma 25), or NAME=VALUE for the others (repeatable)
+    custom_fn: str | None = option(None, flag='--custom', metavar='MODULE:FUNCTION')  # your distortion fn(x, **params) -> x for the open task, as 'module:function' (a resume must name it again); in Python, pass distortion= to train instead
     image: str | None = None  # the training photo; None is the bundled coffee.png
-    max_size: int = 250  # long side of the finest scale (the image is never upscaled)
-    min_size: int = 25  # short side of the coarsest scale
+    max_size: int = 250  # long side of the finest scale in pixels (the image is never upscaled)
+    min_size: int = 25  # short side of the coarsest scale in pixels
     scale_factor: float = 0.75  # nominal ratio between scales (recomputed so the coarsest side is min_size)
     iters: int = 2000  # iterations per scale
     lr: float = 5e-4  # Adam learning rate of G and D
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas
     lr_decay_at: float = 0.8  # fraction of `iters` after which the lr is multiplied by `lr_decay` (SinGAN: 1600/2000)
-    lr_decay: float = 0.1
+    lr_decay: float = 0.1  # factor of the learning-rate drop
     d_steps: int = 3  # critic steps per iteration
     g_steps: int = 3  # generator steps per iteration
     lambda_grad: float = 0.1  # weight of the gradient penalty
@@ -71,53 +72,77 @@ class TrainConfig(JSONConfig):
     nfc: int = 32  # width of the first scales; doubles every 4 scales
     max_width: int = 128  # cap on the width
     value_range: tuple[float, float] = (-1.0, 1.0)  # range images are mapped to while training (SinGAN: [-1, 1])
-    seed: int = 0
+    seed: int = option(0, always=True)  # the random seed of weights, noise and distortions
     device: str = 'auto'  # 'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:1', ...
-    preset: str | None = None  # the preset this config came from (a label)
+    preset: str | None = option(None, always=True, choices=lambda: tuple(PRESETS))  # the sizes: quick (minutes on a CPU; the command line's default), medium (the shipped losses, an hour or two on a CPU) or paper (SinGAN's, for a GPU)
     log_every: int = 10  # iterations per flush of log.jsonl and per NaN check (one host sync each)
-    on_divergence: str = 'raise'  # 'raise', or 'restart' the scale with a lower lr
-    max_restarts: int = 2
-    restart_lr_factor: float = 0.5
+    on_divergence: str = option('raise', choices=DIVERGENCE_ACTIONS)  # 'raise', or 'restart' a diverged scale with a lower lr
+    max_restarts: int = 2  # restarts of one scale before giving up
+    restart_lr_factor: float = 0.5  # factor of the lr at each restart
     divergence_limit: float = 1e6  # a loss or gradient norm above this counts as divergence
-    arithmetic: str = 'singan'  # 'singan': SinGAN's pyramid, resizer and initialisation; 'v0': that of older runs, to resume them
+    arithmetic: str = option('singan', choices=ARITHMETICS)  # 'singan': SinGAN's pyramid, resizer and initialisation; 'v0': that of older runs, to resume them
     _absent_means = {'arithmetic': 'v0'}  # a config saved before the field existed describes a 'v0' run
+    _command_words = ('mdf-loss', 'train')
+    _presets = PRESETS
 
     def __post_init__(self):
         self.betas, self.value_range = tuple(self.betas), tuple(self.value_range)
         if isinstance(self.image, os.PathLike): self.image = str(self.image)
-        need(isinstance(self.task, str) and self.task in task_names('phase1'), f"task must be one of {', '.join(task_names('phase1'))}; got {self.task!r}")
-        need(isinstance(self.distortion, dict), f"distortion must be a dict of the task's parameters such as {{'sigma': 25}}; got {self.distortion!r}")
-        if not get_task(self.task).open:
-            need(self.custom_fn is None, f"custom_fn is only for task 'custom', not {self.task!r}")
-            need(get_task(self.task).phase1 != 'zero' or not self.distortion,
-                  f"task {self.task!r} takes no phase-1 parameters, got {self.distortion}: its phase 1 injects nothing (z_k = 0)")
-            get_task(self.task).make(**self.distortion)  # raises on a wrong or bad parameter
+        phase1 = task_names('phase1')
+        need(isinstance(self.task, str) and self.task in phase1,
+             f"task must be one of {', '.join(phase1)}; got {self.task!r}", 'task')
+        need(isinstance(self.distortion, dict),
+             f"distortion must be a dict of the task's parameters such as {{'sigma': 25}}; got {self.distortion!r}", 'distortion')
+        spec = get_task(self.task)
+        if not spec.open:
+            need(self.custom_fn is None, f"custom_fn is only for task {OPEN_TASK!r}, not {self.task!r}", 'custom_fn')
+            need(spec.phase1 != 'zero' or not self.distortion, f"distortion: task {self.task!r} takes no phase-1 parameters, "
+                 f"got {self.distortion}: its phase 1 injects nothing (z_k = 0)", 'distortion')
+            try: spec.make(**self.distortion)  # raises on a wrong or bad parameter
+            except (TypeError, ValueError) as e: raise ConfigError(str(e), 'distortion') from None
         need(self.custom_fn is None or (isinstance(self.custom_fn, str) and ':' in self.custom_fn),
-              f"custom_fn must be 'module:function', got {self.custom_fn!r}")
-        need(self.image is None or isinstance(self.image, str), f"image must be a path or None, got {self.image!r}")
+             f"custom_fn must be 'module:function', got {self.custom_fn!r}", 'custom_fn')
+        need(self.image is None or isinstance(self.image, str), f"image must be a path or None, got {self.image!r}", 'image')
         for names, ok, what in _NUMBERS:
-            for name in names: need(ok(getattr(self, name)), f"{name} must be {what}, got {getattr(self, name)!r}")
-        need(self.min_size >= 11, f"min_size must be at least 11 px (the critic's receptive field), got {self.min_size}")
-        need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
-        need(_is_num(self.scale_factor) and 0 < self.scale_factor < 1, f"scale_factor must be in (0, 1), got {self.scale_factor!r}")
-        need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}")
-        need(_is_num(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1, f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}")
-        need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        need(len(self.value_range) == 2 and all(_is_num(v) for v in self.value_range) and self.value_range[0] < self.value_range[1],
-              f"value_range must be (low, high) with low < high, such as (-1, 1); got {self.value_range!r}")
-        need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        need(isinstance(self.fixed_rec_noise, bool), f"fixed_rec_noise must be True or False, got {self.fixed_rec_noise!r}")
-        need(self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}")
-        need(self.on_divergence in DIVERGENCE_ACTIONS, f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}")
-        need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
+            for name in names: need(ok(getattr(self, name)), f"{name} must be {what}, got {getattr(self, name)!r}", name)
+        need(self.min_size >= 11, f"min_size must be at least 11 px (the critic's receptive field), got {self.min_size}",
+             'min_size')
+        need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})",
+             'max_size')
+        need(_is_num(self.scale_factor) and 0 < self.scale_factor < 1,
+             f"scale_factor must be in (0, 1), got {self.scale_factor!r}", 'scale_factor')
+        need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}",
+             'restart_lr_factor')
+        need(_is_num(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1,
+             f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}", 'lr_decay_at')
+        need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas),
+             f"betas must be two numbers in [0, 1), got {self.betas!r}", 'betas')
+        need(len(self.value_range) == 2 and all(_is_num(v) for v in self.value_range)
+             and self.value_range[0] < self.value_range[1],
+             f"value_range must be (low, high) with low < high, such as (-1, 1); got {self.value_range!r}", 'value_range')
+        need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}",
+             'device')
+        need(isinstance(self.fixed_rec_noise, bool), f"fixed_rec_noise must be True or False, got {self.fixed_rec_noise!r}",
+             'fixed_rec_noise')
+        need(self.preset is None or self.preset in PRESETS,
+             f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}", 'preset')
+        need(self.on_divergence in DIVERGENCE_ACTIONS,
+             f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}", 'on_divergence')
+        need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}", 'arithmetic')
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
         "The config of preset `name` ('quick', 'medium' or 'paper'), with `overrides` applied."
-        need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", 'preset')
         return cls(**{**PRESETS[name], 'preset': name, **overrides})
 
+    def strength_name(self) -> str | None:
+        "The name of the task's strength parameter ('sigma' for denoising), or None."
+        strength = get_task(self.task).strength
+        return strength.name if strength is not None else None
 
+    def _command_base(self) -> TrainConfig:
+        return type(self).from_preset(self.preset or 'quick', task=self.task)
 
 # %% ../nbs/06_adversarial.ipynb
 def scale_sizes(cfg: TrainConfig, image_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -328,17 +353,17 @@ def train_scale(k: int, # the scale to train
 
 # %% ../nbs/06_adversarial.ipynb
 def resolve_distortion(cfg: TrainConfig, distortion: Distortion | Callable | None = None, resume_dir=None) -> Distortion:
-    "The `Distortion` of a run: the task's built-in one, or for 'custom' the given one or (new runs only) `cfg.custom_fn`."
+    "The `Distortion` of a run: the task's built-in one, or for the open task the given one or (new runs only) `cfg.custom_fn`."
     spec = get_task(cfg.task)
     if not spec.open:
-        need(distortion is None, f"distortion= is only for task 'custom'; for {cfg.task!r} set the parameters in TrainConfig.distortion")
+        need(distortion is None, f"distortion= is only for task {OPEN_TASK!r}; for {cfg.task!r} set the parameters in TrainConfig.distortion")
         return Distortion('identity', {}, identity) if spec.phase1 == 'zero' else spec.make(**cfg.distortion)
     if distortion is None and resume_dir is not None:
-        raise ValueError(f"resuming a 'custom' run needs its distortion from you: train(cfg, out, resume=True, distortion=my_distortion), "
+        raise ValueError(f"resuming a {OPEN_TASK!r} run needs its distortion from you: train(cfg, out, resume=True, distortion=my_distortion), "
                          f"or on the command line --custom MODULE:FUNCTION again. The function named in {RunFolder(resume_dir).config} "
                          f"({cfg.custom_fn!r}) is not imported, because a run folder may come from someone else and importing runs its code.")
     if distortion is None:
-        need(cfg.custom_fn is not None, "task 'custom' needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
+        need(cfg.custom_fn is not None, f"task {OPEN_TASK!r} needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
                                          "or TrainConfig(custom_fn='module:function')")
         distortion = load_function(cfg.custom_fn, 'custom distortion')
     if isinstance(distortion, Distortion): return distortion
@@ -393,7 +418,7 @@ def train(cfg: TrainConfig, # the run's settings (see TrainConfig.from_preset)
           out_dir, # the run folder
           resume: bool = False, # continue the run in `out_dir` from its first unfinished scale
           progress: bool = True, # show tqdm bars
-          distortion: Distortion | Callable | None = None, # task 'custom': the distortion to inject
+          distortion: Distortion | Callable | None = None, # the open task (custom): the distortion to inject
           command: str | None = None, # the command line that started the run, recorded in the loss file
           hook: Callable | None = None, # hook(scale, iteration, terms) each iteration; may return replacement terms
          ) -> Path:

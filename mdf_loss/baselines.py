@@ -24,7 +24,7 @@ def _image_metrics():
 # %% auto 0
 __all__ = ['SSIM_KERNEL', 'MSSSIM_BETAS', 'WEIGHT_FILES', 'VGG16_LAYOUT', 'VGG16_TAPS', 'ALEXNET_TAPS', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'LPIPS_CHANNELS', 'LOSSES', 'PERCEPTUAL_WEIGHT',
-           'SWEEP_WEIGHTS', 'PRESETS', 'L1Loss', 'L2Loss', 'msssim_min_size', 'msssim_scales_for', 'SSIMLoss',
+           'SWEEP_WEIGHTS', 'LOSS_PRESETS', 'L1Loss', 'L2Loss', 'msssim_min_size', 'msssim_scales_for', 'SSIMLoss',
            'MSSSIMLoss', 'torch_hub_checkpoints', 'weight_candidates', 'find_weights', 'load_state', 'vgg16_features',
            'alexnet_features', 'load_into', 'tap_features', 'random_weights_file', 'FrozenFeatureLoss',
            'VGGPerceptualLoss', 'LPIPSLoss', 'LossSum', 'LossEntry', 'register_loss', 'unregister_loss', 'loss_names',
@@ -351,7 +351,7 @@ def loss_entry(name: str) -> LossEntry:
     key = name.strip().lower() if isinstance(name, str) else name
     if key in LOSSES: return LOSSES[key]
     if key in _ALIAS_OF: return LOSSES[_ALIAS_OF[key]]
-    raise ValueError(f"unknown loss {name!r}; registered: {', '.join(loss_names())}; presets: {', '.join(PRESETS)}; "
+    raise ValueError(f"unknown loss {name!r}; registered: {', '.join(loss_names())}; presets: {', '.join(LOSS_PRESETS)}; "
                      "or a sum such as l1+0.1*mdf-official, or the path of a .safetensors loss file. "
                      "Add your own with mdf_loss.baselines.register_loss")
 
@@ -396,7 +396,7 @@ _builtin_losses()
 # %% ../nbs/08_baselines.ipynb
 PERCEPTUAL_WEIGHT = 0.01
 SWEEP_WEIGHTS = (0.001, 0.01, 0.1, 1.0)
-PRESETS = {'vgg': 'l2+{w}*vgg16', 'lpips': 'l2+{w}*lpips-alex', 'msssim-l1': '0.84*msssim+0.16*l1'}
+LOSS_PRESETS = {'vgg': 'l2+{w}*vgg16', 'lpips': 'l2+{w}*lpips-alex', 'msssim-l1': '0.84*msssim+0.16*l1'}
 _TERM = re.compile(r'^(?:(?P<w>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?(?P<name>[a-z][a-z0-9.\-]*)$')
 
 def _is_path(name: str) -> bool: return name.strip().lower().endswith('.safetensors') or os.sep in name
@@ -406,7 +406,7 @@ def parse_loss_name(name: str, weight: float | None = None) -> list[tuple[float,
     if not isinstance(name, str) or not name.strip(): raise ValueError(f"a loss name must be a non-empty string, got {name!r}")
     if _is_path(name): return [(1.0, name.strip())]
     key = name.strip().lower().replace(' ', '')
-    if key in PRESETS: key = PRESETS[key].format(w=_fmt_weight(PERCEPTUAL_WEIGHT if weight is None else weight))
+    if key in LOSS_PRESETS: key = LOSS_PRESETS[key].format(w=_fmt_weight(PERCEPTUAL_WEIGHT if weight is None else weight))
     terms = []
     for i, part in enumerate(key.split('+')):
         m = _TERM.match(part)
@@ -449,4 +449,8 @@ def __getattr__(name: str):
         warnings.warn("mdf_loss.baselines.ALIASES is deprecated and will be removed in 0.3; use loss_entry(name).name, "
                       "or LOSSES and each entry's aliases", DeprecationWarning, stacklevel=2)
         return {**{n: n for n in LOSSES}, **_ALIAS_OF}
+    if name == 'PRESETS':  # renamed in 0.3: phase 1 has PRESETS of its own
+        warnings.warn("mdf_loss.baselines.PRESETS is now LOSS_PRESETS; the old name goes in 0.3", DeprecationWarning,
+                      stacklevel=2)
+        return LOSS_PRESETS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

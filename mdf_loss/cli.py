@@ -4,18 +4,19 @@
 
 # %% ../nbs/12_cli.ipynb 3
 from __future__ import annotations
-import argparse, dataclasses, importlib, json, os, sys, tempfile
+import argparse, dataclasses, importlib, json, os, shlex, sys, tempfile, warnings
 from pathlib import Path
 
 import torch
 
+from .configs import ConfigError, Option, config_options, need
 from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
 from .runs import RunFolder
-from .weights import need
 
 # %% auto 0
-__all__ = ['strength_options', 'strength_of', 'train_arguments', 'train_config_from_args', 'cli_train', 'experiment_arguments',
-           'experiment_config_from_args', 'cli_experiment', 'cli_demo', 'cli_convert', 'build_parser', 'main']
+__all__ = ['strength_options', 'strength_of', 'config_arguments', 'given_fields', 'flag_message', 'made', 'train_arguments',
+           'train_config_from_args', 'cli_train', 'experiment_arguments', 'experiment_config_from_args',
+           'cli_experiment', 'cli_demo', 'cli_convert', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb
 def _strengths(use: str) -> dict:
@@ -44,80 +45,133 @@ def strength_of(args, task: str, use: str) -> float | None:
     return own
 
 # %% ../nbs/12_cli.ipynb
-def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the options of `mdf-loss train` to `parser`; returns it."
-    from mdf_loss.adversarial import PRESETS, DIVERGENCE_ACTIONS
+def _shown(value) -> str:
+    return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+def _option_help(o: Option, cls) -> str:
+    "The help of option `o`: the field's comment, what its hint adds now, and its default."
+    preset_fields = {k for fields in cls._presets.values() for k in fields}
+    f = next(f for f in dataclasses.fields(cls) if f.name == o.name)
+    text = o.help or o.name.replace('_', ' ')
+    if o.hint: text += f"; {o.hint()}"
+    if o.name in preset_fields: text += " (default: the preset's)"
+    elif not (f.default is dataclasses.MISSING or f.default is None or f.default is False or f.default in ((), '')
+              or o.required):
+        text += f" (default: {_shown(f.default)})"
+    return text.replace('%', '%%')
+
+def config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.ArgumentParser:
+    "Add an option for every field of the settings class `cls` but those in `skip`; returns `parser`."
+    for o in config_options(cls):
+        if o.name in skip: continue
+        text = _option_help(o, cls)
+        if o.strength:
+            strength_options(parser, o.strength)
+            if o.mapping: parser.add_argument(o.flag, dest=o.name, action='append', metavar=o.metavar, help=text)
+            continue
+        if o.keys:
+            for key, flag in o.keys.items():
+                parser.add_argument(flag, dest=f'{o.name}[{key}]', metavar='PATH', help=f"the {key} entry of: {text}")
+            continue
+        kw = dict(dest=o.name, help=text, metavar=o.metavar, required=o.required or None)
+        if o.mapping: kw.update(action='append', metavar=o.metavar or 'KEY=VALUE')
+        elif o.kind is bool: kw.update(action=argparse.BooleanOptionalAction)
+        elif o.nargs is not None: kw.update(nargs=o.nargs, type=o.kind)
+        elif o.listed: kw.update(metavar=o.metavar or 'A,B')
+        else: kw.update(type=o.kind, choices=o.choice_list())
+        parser.add_argument(o.flag, **{k: v for k, v in kw.items() if v is not None})
+    return parser
+
+# %% ../nbs/12_cli.ipynb
+def _pair(text: str, flag: str) -> tuple[str, object]:
+    "NAME=VALUE as (name, value), the value read as JSON where it is JSON (5, 0.1, true), else as a string."
+    name, sep, value = text.partition('=')
+    need(sep and name.isidentifier(), f"{flag} must look like NAME=VALUE, got {text!r}")
+    try: return name, json.loads(value)
+    except json.JSONDecodeError: return name, value
+
+def given_fields(args, cls, task: str | None = None) -> dict:
+    "The fields of settings class `cls` that the parsed `args` set; `task` says whose strength flag counts."
+    out = {}
+    for o in config_options(cls):
+        value = getattr(args, o.name, None)
+        if o.strength:
+            own = strength_of(args, task, o.strength) if task else None
+            if not o.mapping:
+                if own is not None: out[o.name] = own
+                continue
+            value = dict(_pair(p, o.flag) for p in value or [])
+            if own is not None: value[get_task(task).strength.name] = own
+            if value: out[o.name] = value
+        elif o.keys:
+            found = {k: str(v) for k in o.keys if (v := getattr(args, f'{o.name}[{k}]', None)) is not None}
+            if found: out[o.name] = found
+        elif value is None: continue
+        elif o.mapping: out[o.name] = dict(_pair(p, o.flag) for p in value)
+        elif o.listed: out[o.name] = tuple(v.strip() for v in value.split(',') if v.strip())
+        elif o.nargs is not None: out[o.name] = tuple(value)
+        else: out[o.name] = value
+    return out
+
+# %% ../nbs/12_cli.ipynb
+def flag_message(error: ConfigError, cls) -> str:
+    "The message of `error` with its field named by the flag that sets it."
+    text, field = str(error), getattr(error, 'field', None)
+    o = next((o for o in config_options(cls) if o.name == field), None) if cls is not None else None
+    if o is None or (o.strength and not o.mapping): return text  # a strength's message already names its flag
+    flag = '/'.join(o.keys.values()) if o.keys else o.flag
+    return flag + text[len(field):] if text.startswith(field) else f"{text} ({flag})"
+
+def made(cls, make=None):
+    "`make()` (default `cls()`), a `ConfigError` it raises reworded for the command line, as a ValueError."
+    try: return make() if make is not None else cls()
+    except ConfigError as e: raise ValueError(flag_message(e, cls)) from None
+
+# %% ../nbs/12_cli.ipynb
+def train_arguments(parser: argparse.ArgumentParser, cls=None) -> argparse.ArgumentParser:
+    "Add the options of `mdf-loss train` to `parser`: the fields of `cls` (default `TrainConfig`) and the run's own."
+    from mdf_loss.adversarial import TrainConfig
+    config_arguments(parser, cls or TrainConfig)
     a = parser.add_argument
-    a('--task', choices=task_names('phase1'), help='the distortion the loss learns to spot (required for a new run)')
-    a('--image', type=Path, help='training photo (default: the bundled coffee.png)')
-    a('--preset', choices=list(PRESETS), help='quick: minutes on a CPU (default); medium: the shipped losses, an hour or two on a CPU; paper: SinGAN sizes, for a GPU')
     a('--out', type=Path, help='run folder (default: runs/TASK-PRESET)')
     a('--resume', action='store_true', help="continue the run in --out from its first unfinished scale")
-    a('--seed', type=int, help='random seed (default 0)')
-    a('--iters', type=int, help='iterations per scale (overrides the preset)')
-    a('--max-size', type=int, help='long side of the finest scale in pixels (overrides the preset)')
-    strength_options(parser, 'phase1')
-    a('--custom', dest='custom_fn', metavar='MODULE:FUNCTION', help=f'{OPEN_TASK}: your distortion fn(x, **params) -> x')
-    a('--param', action='append', default=[], metavar='NAME=VALUE', help=f'{OPEN_TASK}: a parameter of your distortion (repeatable)')
-    a('--device', help="'auto' (default), 'cpu', 'cuda', ...")
-    a('--on-divergence', choices=DIVERGENCE_ACTIONS, help="'raise' (default) or 'restart' a diverged scale with a lower lr")
     a('--threads', type=int, help="torch CPU threads (default: torch's choice; 1 is often faster on a busy machine)")
     a('--no-progress', action='store_true', help='no progress bars')
     return parser
 
-def _parse_param(text: str) -> tuple[str, object]:
-    name, sep, value = text.partition('=')
-    need(sep and name.isidentifier(), f"--param must look like NAME=VALUE, got {text!r}")
-    try: return name, json.loads(value)
-    except json.JSONDecodeError: return name, value
-
-def train_config_from_args(args):
-    "The `TrainConfig` and run folder that `mdf-loss train` arguments describe."
+def train_config_from_args(args, cls=None):
+    "The `TrainConfig` (or `cls`) and run folder that `mdf-loss train` arguments describe."
     from mdf_loss.adversarial import TrainConfig
-    get = lambda name: getattr(args, name, None)
+    cls, get = cls or TrainConfig, lambda name: getattr(args, name, None)
     out, stored = get('out'), None
     if get('resume'):
         need(out is not None, "--resume needs --out: the folder of the run to continue")
         run = RunFolder(out)
         need(run.started, f"there is no phase-1 run to resume in {out} (no {RunFolder.CONFIG}); "
                           "check the folder, or start a new run without --resume")
-        stored = run.read_config(TrainConfig)
+        stored = run.read_config(cls)
     task = get('task') or (stored.task if stored else None)
     need(task is not None, f"--task is required for a new run: one of {', '.join(task_names('phase1'))}")
-    spec = get_task(task)
-    strength = strength_of(args, task, 'phase1')
-    if not spec.open and (get('custom_fn') or get('param')): raise ValueError(f"--custom and --param apply to --task {OPEN_TASK}, not {task}")
-    changes = {}
-    if stored is None or get('preset'):
-        base = TrainConfig.from_preset(get('preset') or 'quick', task=task)
-        changes.update(preset=base.preset, max_size=base.max_size, iters=base.iters, log_every=base.log_every)
-    params = {spec.strength.name: strength} if strength is not None else {}
-    if spec.open:
-        params = dict(_parse_param(p) for p in get('param') or [])
-        if get('custom_fn'): changes['custom_fn'] = get('custom_fn')
-        elif stored is None: raise ValueError(f"--task {OPEN_TASK} needs --custom MODULE:FUNCTION (your distortion fn(x, **params) -> x)")
-        else: raise ValueError(f"{RunFolder(out).config} names the custom distortion {stored.custom_fn!r}; --resume does not import "
-                               f"code named only by a run folder (it may come from someone else). If you trust it, pass it again: "
-                               f"--custom {stored.custom_fn}")
-    if params or stored is None: changes['distortion'] = params
-    for name, value in [('image', str(get('image')) if get('image') else None), ('seed', get('seed')), ('iters', get('iters')),
-                        ('max_size', get('max_size')), ('device', get('device')), ('on_divergence', get('on_divergence'))]:
-        if value is not None: changes[name] = value
-    if get('image') is not None and not Path(get('image')).is_file(): raise ValueError(f"--image {get('image')} is not a file")
-    cfg = dataclasses.replace(stored, **changes) if stored else TrainConfig(**{'task': task, **changes})
-    return cfg, Path(out) if out is not None else Path('runs')/f'{task}-{cfg.preset or "custom"}'
+    given = {**given_fields(args, cls, task), 'task': task}
+    if get_task(task).open and 'custom_fn' not in given:
+        if stored is not None:
+            raise ValueError(f"{RunFolder(out).config} names the custom distortion {stored.custom_fn!r}; --resume does not "
+                             f"import code named only by a run folder (it may come from someone else). If you trust it, "
+                             f"pass it again: --custom {stored.custom_fn}")
+        raise ValueError(f"--task {OPEN_TASK} needs --custom MODULE:FUNCTION (your distortion fn(x, **params) -> x)")
+    if given.get('image') is not None and not Path(given['image']).is_file():
+        raise ValueError(f"--image {given['image']} is not a file")
+    preset = given.pop('preset', None)
+    if stored is None: cfg = made(cls, lambda: cls.from_preset(preset or 'quick', **given))
+    else:  # the stored settings, with what was given again; a new preset brings its sizes unless they are given too
+        if preset: given = {**cls._presets[preset], 'preset': preset, **given}
+        cfg = made(cls, lambda: dataclasses.replace(stored, **given))
+    return cfg, Path(out) if out is not None else Path('runs')/f'{task}-{cfg.preset}'
 
-def _train_command(args) -> str:
-    "The canonical `mdf-loss train ...` line for `args`."
-    parts = ['mdf-loss', 'train']
-    names = ['task', 'image', 'preset', 'out', 'seed', 'iters', 'max_size', *_strengths('phase1'), 'custom_fn', 'device', 'on_divergence', 'threads']
-    for name in names:
-        v = getattr(args, name, None)
-        flag = '--custom' if name == 'custom_fn' else f"--{name.replace('_', '-')}"
-        if v is not None: parts += [flag, str(v)]
-    for p in getattr(args, 'param', None) or []: parts += ['--param', p]
-    if getattr(args, 'resume', False): parts.append('--resume')
-    return ' '.join(parts)
+def _train_command(cfg, args, out: Path) -> str:
+    "The `mdf-loss train ...` line a run records: the settings' command, the run folder and the run's options."
+    extra = ['--out', str(out)] + (['--threads', str(args.threads)] if getattr(args, 'threads', None) else [])
+    return cfg.command() + ' ' + shlex.join(extra + (['--resume'] if getattr(args, 'resume', False) else []))
 
 def _threads(n: int | None):
     if n is None: return
@@ -132,64 +186,31 @@ def cli_train(args) -> int:
     cfg, out = train_config_from_args(args)
     _threads(getattr(args, 'threads', None))
     print(f"mdf-loss train: task {cfg.task}, preset {cfg.preset}, {cfg.iters} iterations per scale, run folder {out}")
-    custom = load_function(args.custom_fn, 'custom distortion') if get_task(cfg.task).open and getattr(args, 'custom_fn', None) else None
+    own = getattr(args, 'custom_fn', None)
+    custom = load_function(own, 'custom distortion') if get_task(cfg.task).open and own else None
     path = train(cfg, out, resume=bool(getattr(args, 'resume', False)), progress=not getattr(args, 'no_progress', False),
-                 command=_train_command(args), distortion=custom)
+                 command=_train_command(cfg, args, out), distortion=custom)
     loss = MDFLoss.load(path)
     print(f"wrote {path}: {len(loss.discriminators)} discriminators, widths {loss.meta['widths']}, "
           f"{loss.meta['provenance']['seconds']} s of training")
     return 0
 
 # %% ../nbs/12_cli.ipynb
-def experiment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the options of `mdf-loss experiment` to `parser`; returns it."
-    from mdf_loss.restoration.experiment import DEFAULT_LOSSES, EXPERIMENT_PRESETS, SELECT_BY
-    from mdf_loss.baselines import PRESETS as LOSS_PRESETS, loss_names
-    a = parser.add_argument
-    a('--task', required=True, choices=task_names('restoration'), help='restoration task')
-    a('--losses', default=','.join(DEFAULT_LOSSES),
-      help=f"comma-separated loss names: any registered loss ({', '.join(loss_names())}), the presets "
-           f"{', '.join(LOSS_PRESETS)}, a .safetensors loss file, or sums such as l1+mdf-official; --import a module "
-           "that calls mdf_loss.baselines.register_loss to add yours (default: %(default)s)")
-    a('--train', type=Path, required=True, help='folder of training images (e.g. benchmarks/CSun_Hays80)')
-    a('--test', type=Path, nargs='+', required=True, help='one or more folders of test images (e.g. CSet5 CSet14 CBSD68)')
-    a('--preset', choices=list(EXPERIMENT_PRESETS), default='quick', help='quick: CPU minutes; paper: GPU (default: quick)')
-    a('--out', type=Path, default=Path('runs/experiment'), help='output folder (default: %(default)s)')
-    a('--seed', type=int, default=0, help='seed of weights, patches and distortions (default: 0)')
-    strength_options(parser, 'restoration')
-    for name, kind, what in [('steps', int, 'training steps per run'), ('patch', int, 'side of the training patches'),
-                             ('batch', int, 'patches per step'), ('lr', float, "Adam's learning rate"),
-                             ('max_train_images', int, 'use the first N training images'),
-                             ('max_test_images', int, 'use the first N images of each test folder')]:
-        a(f"--{name.replace('_', '-')}", type=kind, help=f"{what} (default: the preset's)")
-    own = '; '.join(f"{t}: {','.join(get_task(t).networks)}" for t in task_names('restoration'))
-    a('--networks', help=f"comma-separated networks to train (default: the task's own; {own})")
-    a('--protocol', default='scratch', help='comma-separated protocols: scratch, finetune (default: scratch)')
-    a('--sweep', action='store_true', help='sweep the weight of summed losses in {0.001,0.01,0.1,1} on a validation '
-                                             'split, and run the vgg and lpips baselines where their weights exist')
-    a('--lr-grid', help='comma-separated learning rates to choose from on the validation split')
-    a('--select-by', choices=list(SELECT_BY), default='haarpsi', help='validation measure for --sweep/--lr-grid (default: haarpsi)')
-    a('--html', action='store_true', help='also write a self-contained HTML comparison page with a blind mode')
-    a('--mdf-weights', type=Path, help="an MDF loss file (.safetensors) for the loss name 'mdf'")
-    a('--vgg16-weights', type=Path, help='VGG16 ImageNet weights (default: $MDF_LOSS_VGG16_WEIGHTS or the torch hub cache)')
-    a('--alexnet-weights', type=Path, help='AlexNet ImageNet weights (default: $MDF_LOSS_ALEXNET_WEIGHTS or the torch hub cache)')
-    a('--lpips-weights', type=Path, help="LPIPS linear layers alex.pth (default: $MDF_LOSS_LPIPS_WEIGHTS, the cache or the lpips package)")
-    a('--device', help='torch device (default: cpu)')
-    a('--threads', type=int, help='torch CPU threads (default: torch chooses)')
-    a('--no-progress', action='store_true', help='hide the progress bars')
+def experiment_arguments(parser: argparse.ArgumentParser, cls=None) -> argparse.ArgumentParser:
+    "Add the options of `mdf-loss experiment` to `parser`: the fields of `cls` (default `ExperimentConfig`) and two more."
+    from mdf_loss.restoration.experiment import ExperimentConfig
+    config_arguments(parser, cls or ExperimentConfig)
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch chooses)')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
     return parser
 
-def experiment_config_from_args(args, device=None):
-    "The `ExperimentConfig` that `mdf-loss experiment` arguments describe (`device` overrides `--device`)."
+def experiment_config_from_args(args, device=None, cls=None):
+    "The `ExperimentConfig` (or `cls`) that `mdf-loss experiment` arguments describe (`device` overrides `--device`)."
     from mdf_loss.restoration.experiment import ExperimentConfig
-    paths = {k: str(v) for k, v in {'vgg16': args.vgg16_weights, 'alexnet': args.alexnet_weights,
-                                    'lpips-alex': args.lpips_weights}.items() if v}
-    sizes = {k: getattr(args, k) for k in ('steps', 'patch', 'batch', 'lr', 'max_train_images', 'max_test_images') if getattr(args, k) is not None}
-    return ExperimentConfig(task=args.task, losses=args.losses, train_dir=args.train, test_dirs=args.test, preset=args.preset,
-                            out_dir=args.out, seed=args.seed, networks=args.networks, protocols=args.protocol, sweep=args.sweep,
-                            lr_grid=args.lr_grid, select_by=args.select_by, html=args.html, mdf_path=args.mdf_weights,
-                            weight_paths=paths, strength=strength_of(args, args.task, 'restoration'),
-                            device=device or args.device, **sizes)
+    cls = cls or ExperimentConfig
+    given = given_fields(args, cls, args.task)
+    if device: given['device'] = device
+    return made(cls, lambda: cls(**given))
 
 def cli_experiment(args) -> int:
     "Run `mdf-loss experiment` from parsed `args`; print the table; returns the exit code."
@@ -202,9 +223,10 @@ def cli_experiment(args) -> int:
     finally:
         if started: torch.distributed.destroy_process_group()
     if dist_context()[0] != 0 or int(os.environ.get('RANK', '0')) != 0: return 0  # rank 0 reports for all
-    print((Path(args.out)/'results.md').read_text())
+    out = Path(cfg.out_dir)
+    print((out/'results.md').read_text())
     written = ['results.json', 'results.md'] + [f['grid'] for f in res['figures']] + [f['html'] for f in res['figures'] if 'html' in f]
-    print(f"wrote {', '.join(str(Path(args.out)/w) for w in written)} in {res['seconds']:.0f} s")
+    print(f"wrote {', '.join(str(out/w) for w in written)} in {res['seconds']:.0f} s")
     return 0
 
 # %% ../nbs/12_cli.ipynb
@@ -218,16 +240,18 @@ def _writable(folder: Path):
 def cli_demo(args) -> int:
     "Run `mdf-loss demo`; returns the exit code."
     from mdf_loss.core import bundled_image_path
-    from mdf_loss.demo import PHASE1_DIR, run_demo
+    from mdf_loss.demo import DemoConfig, PHASE1_DIR, run_demo
+    cfg = made(DemoConfig, lambda: DemoConfig(**given_fields(args, DemoConfig)))  # checked before anything is written
     _writable(args.out)
-    if args.train_iters:
+    if cfg.train_iters:
         print(f"mdf-loss demo: phase 1, training a {DEFAULT_TASK} loss on {bundled_image_path().name} "
-              f"({args.train_iters} iterations per scale) in {args.out/PHASE1_DIR}")
-    print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({args.size} px) for {args.steps} steps per loss")
-    res = run_demo(args.out, steps=args.steps, size=args.size, seed=args.seed, train_iters=args.train_iters)
+              f"({cfg.train_iters} iterations per scale) in {args.out/PHASE1_DIR}")
+    print(f"mdf-loss demo: optimising noise towards {bundled_image_path().name} ({cfg.size} px) for {cfg.steps} steps "
+          "per loss")
+    res = run_demo(args.out, **dataclasses.asdict(cfg))
     print((args.out/'results.md').read_text())
     print(f"wrote {args.out/'demo.png'}, {args.out/'results.md'} and {args.out/'results.json'} in {res['seconds']:.0f} s" +
-          (f"; the trained loss is {RunFolder(args.out/PHASE1_DIR).loss}" if args.train_iters else ''))
+          (f"; the trained loss is {RunFolder(args.out/PHASE1_DIR).loss}" if cfg.train_iters else ''))
     return 0
 
 def cli_convert(args) -> int:
@@ -257,30 +281,37 @@ def _import_modules(argv: list[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     "The `mdf-loss` argument parser, with the options of every registered task."
+    from mdf_loss.adversarial import TrainConfig
+    from mdf_loss.demo import DemoConfig
+    from mdf_loss.restoration.experiment import ExperimentConfig
     p = _Parser(prog='mdf-loss', description='Train and use task-specific image-restoration losses (MDF).')
     p.add_argument('--debug', action='store_true', help='show full tracebacks on errors')
     p.add_argument('--import', dest='modules', action='append', default=[], metavar='MODULE',
-                   help='import MODULE first (for example one that registers a task with mdf_loss.tasks.register_task); repeatable')
+                   help='import MODULE first (for example one that registers a task with '
+                        'mdf_loss.tasks.register_task); repeatable')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     sub.required = True
-    d = sub.add_parser('demo', help='optimise the bundled photo from noise under the shipped MDF loss, the authors\' and the classic losses')
+    d = sub.add_parser('demo', help="optimise the bundled photo from noise under the shipped MDF loss, the authors' "
+                                    "and the classic losses")
     d.add_argument('--out', type=Path, default=Path('mdf_demo'), help='output folder (default: mdf_demo)')
-    d.add_argument('--steps', type=int, default=500, help='Adam steps per loss (default: 500, as the authors ran)')
-    d.add_argument('--size', type=int, default=64, help='short side of the photo in pixels (default: 64)')
-    d.add_argument('--seed', type=int, default=0)
-    d.add_argument('--train-iters', type=int, default=0, help='also train a fresh loss first, with this many phase-1 iterations per scale '
-                   '(minutes on a CPU; the demo prints how long it took; default 0: the shipped loss only)')
-    d.set_defaults(func=cli_demo)
+    config_arguments(d, DemoConfig)
+    d.set_defaults(func=cli_demo, config=DemoConfig)
     c = sub.add_parser('convert-official', help="convert the authors' legacy .pth pickle to a .safetensors loss file, safely")
     c.add_argument('src', type=Path, help='Ds_SISR.pth, Ds_Denoising.pth or Ds_JPEG.pth')
     c.add_argument('dst', type=Path, help='output .safetensors path')
     c.add_argument('--task', choices=task_names(), default=None, help='task recorded in the metadata')
-    c.set_defaults(func=cli_convert)
+    c.set_defaults(func=cli_convert, config=None)
     t = sub.add_parser('train', help='phase 1: train a task-specific loss from one image (resumable)')
-    train_arguments(t); t.set_defaults(func=cli_train)
+    train_arguments(t); t.set_defaults(func=cli_train, config=TrainConfig)
     e = sub.add_parser('experiment', help='train restoration networks under several losses and compare them')
-    experiment_arguments(e); e.set_defaults(func=cli_experiment)
+    experiment_arguments(e); e.set_defaults(func=cli_experiment, config=ExperimentConfig)
     return p
+
+def _warning_line(command: str):
+    "A `warnings.showwarning` that prints a warning as one line naming the subcommand, without its source line."
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"mdf-loss {command}: warning: {message}", file=sys.stderr)
+    return show
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mdf-loss` console script."
@@ -290,15 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mdf-loss: error: {e}", file=sys.stderr); return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    try: return args.func(args)
-    except (ValueError, TypeError, OSError, ImportError) as e:
-        if args.debug: raise
-        print(f"mdf-loss {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mdf-loss {args.command}: interrupted (finished work is kept; rerun with --resume where supported)", file=sys.stderr)
-        return 130
-    except Exception as e:   # an unexpected failure: still one line, exit 1; --debug shows where
-        if args.debug: raise
-        print(f"mdf-loss {args.command}: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        if not args.debug: warnings.showwarning = _warning_line(args.command)
+        try: return args.func(args)
+        except (ValueError, TypeError, OSError, ImportError) as e:
+            if args.debug: raise
+            text = flag_message(e, args.config) if isinstance(e, ConfigError) else str(e)
+            print(f"mdf-loss {args.command}: error: {text}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"mdf-loss {args.command}: interrupted (finished work is kept; rerun with --resume where supported)",
+                  file=sys.stderr)
+            return 130
+        except Exception as e:   # an unexpected failure: still one line, exit 1; --debug shows where
+            if args.debug: raise
+            print(f"mdf-loss {args.command}: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1

@@ -5,6 +5,7 @@
 # %% ../nbs/10_demo.ipynb 3
 from __future__ import annotations
 import json, textwrap, time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ from .core import (atomic_write_bytes, bundled_image_path, data_dir, load_image,
                            require, seed_everything)
 from .loss import MDFLoss, pixel_optimisation
 from .adversarial import TrainConfig, train
+from .configs import JSONConfig, need
 from .runs import RunFolder
 from .tasks import DEFAULT_TASK, get_task
 from .baselines import get_loss, find_weights
 
 # %% auto 0
-__all__ = ['PUBLISHED', 'COLORS', 'SHORT', 'PHASE1_DIR', 'reference_curves', 'pixel_comparison', 'demo_figure', 'train_demo_loss',
-           'demo_losses', 'run_demo']
+__all__ = ['PUBLISHED', 'COLORS', 'SHORT', 'PHASE1_DIR', 'reference_curves', 'pixel_comparison', 'demo_figure', 'DemoConfig',
+           'train_demo_loss', 'demo_losses', 'run_demo']
 
 # %% ../nbs/10_demo.ipynb
 PUBLISHED = {'MDF': "MDF (authors' SISR)", 'L1': 'L1', 'L2': 'L2', 'SSIM': 'SSIM', 'MS-SSIM': 'MS-SSIM', 'MSSSIM': 'MS-SSIM',
@@ -126,6 +128,27 @@ def demo_figure(curves: dict, finals: dict, target: torch.Tensor, start: torch.T
     return fig
 
 # %% ../nbs/10_demo.ipynb
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+
+@dataclass
+class DemoConfig(JSONConfig):
+    "The demo's settings."
+    steps: int = 500  # Adam steps per loss (500, as the authors ran)
+    size: int = 64  # short side of the photo in pixels
+    seed: int = 0  # seed of the starting noise and of phase 1
+    lr: float = 0.1  # Adam's learning rate on the pixels (the authors' 0.1)
+    train_iters: int = 0  # also train a fresh loss first, with this many phase-1 iterations per scale (minutes on a CPU; the demo prints how long it took); 0: the shipped loss only
+    _command_words = ('mdf-loss', 'demo')
+
+    def __post_init__(self):
+        need(_is_int(self.steps) and self.steps >= 1, f"steps must be at least 1, got {self.steps!r}", 'steps')
+        need(_is_int(self.size) and self.size >= 16, f"size must be at least 16 pixels, got {self.size!r}", 'size')
+        need(_is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}", 'seed')
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}", 'lr')
+        need(_is_int(self.train_iters) and self.train_iters >= 0,
+             f"train_iters must be 0 (skip phase 1) or more, got {self.train_iters!r}", 'train_iters')
+
+# %% ../nbs/10_demo.ipynb
 PHASE1_DIR = 'phase1'  # the demo's phase-1 run folder, inside its output folder
 
 def train_demo_loss(out: Path, iters: int = 200, seed: int = 0, progress: bool = True) -> Path:
@@ -174,9 +197,7 @@ def run_demo(out: Path | str = 'mdf_demo', # the output folder
             ) -> dict:
     "Optimise noise towards the bundled photo under each loss (after training a quick one if `train_iters`); writes demo.png, results.md and results.json."
     for module in ('matplotlib.pyplot', 'torchmetrics.functional.image'): require(module, 'experiments')  # before any work
-    if steps < 1: raise ValueError(f"--steps must be at least 1, got {steps}")
-    if size < 16: raise ValueError(f"--size must be at least 16 pixels, got {size}")
-    if train_iters < 0: raise ValueError(f"--train-iters must be 0 (skip phase 1) or more, got {train_iters}")
+    DemoConfig(steps=steps, size=size, seed=seed, lr=lr, train_iters=train_iters)  # checks the settings first
     out = Path(out)
     t0 = time.perf_counter()
     phase1 = RunFolder(Path(out)/PHASE1_DIR)

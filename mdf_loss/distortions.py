@@ -16,8 +16,8 @@ from PIL import Image
 from .core import check_image
 
 # %% auto 0
-__all__ = ['BUILTINS', 'gaussian_noise', 'jpeg', 'downsample', 'upsample_back', 'sr_degrade', 'gaussian_blur', 'Distortion',
-           'identity', 'compose']
+__all__ = ['BUILTINS', 'seeded_generator', 'noise_like', 'gaussian_noise', 'jpeg', 'downsample', 'upsample_back', 'sr_degrade',
+           'gaussian_blur', 'Distortion', 'identity', 'compose']
 
 # %% ../nbs/02_distortions.ipynb
 def _check_images(x, caller:str):
@@ -34,7 +34,7 @@ def _check_real(value, what:str, low:float=0.0) -> float:
     return float(value)
 
 # %% ../nbs/02_distortions.ipynb
-def _generator(seed=None, generator=None) -> torch.Generator|None:
+def seeded_generator(seed=None, generator=None) -> torch.Generator|None:
     "The generator to draw from: `generator`, a CPU one seeded with the int `seed`, or None for the global RNG."
     if isinstance(seed, torch.Generator) and generator is None: return seed
     if seed is not None and generator is not None:
@@ -49,7 +49,7 @@ def _generator(seed=None, generator=None) -> torch.Generator|None:
     return torch.Generator('cpu').manual_seed(int(seed))
 
 # %% ../nbs/02_distortions.ipynb
-def _noise_like(x:torch.Tensor, std:float, gen:torch.Generator|None) -> torch.Tensor:
+def noise_like(x:torch.Tensor, std:float, gen:torch.Generator|None) -> torch.Tensor:
     "Gaussian noise of standard deviation `std` shaped like `x`, drawn on `gen`'s device, returned on `x`'s."
     noise = torch.randn(x.shape, generator=gen, device=gen.device if gen is not None else x.device)
     return noise.mul_(std).to(device=x.device, dtype=x.dtype)
@@ -64,7 +64,7 @@ def gaussian_noise(x:torch.Tensor, # images N x C x H x W in [0,1]
     "Return `x` plus white Gaussian noise of standard deviation `sigma`/255."
     _check_images(x, 'gaussian_noise')
     sigma = _check_real(sigma, 'gaussian_noise: sigma (on the 0-255 scale)')
-    noisy = x + _noise_like(x, sigma / 255, _generator(seed, generator))
+    noisy = x + noise_like(x, sigma / 255, seeded_generator(seed, generator))
     return noisy.clamp(0, 1) if clip else noisy
 
 # %% ../nbs/02_distortions.ipynb

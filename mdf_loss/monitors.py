@@ -12,13 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import bundled_image_path, to_pil
+from .core import bundled_image_path, require, to_pil
 from .distortions import gaussian_blur, gaussian_noise, jpeg
 from .loss import MDFLoss
 from .adversarial import TrainConfig, scale_sizes
 from .baselines import get_loss
 from .runs import RunFolder
-from .widgets import App, W, Figure, THREADS, figure_png, prepare_image, running_loop, torch_threads, _tm
+from .widgets import App, W, Figure, THREADS, figure_png, prepare_image, running_loop, torch_threads
+
+_tm = require('torchmetrics.functional.image', 'widgets')
 
 # %% auto 0
 __all__ = ['STARTS', 'RACE_COLORS', 'start_image', 'resolve_race_loss', 'OptimisationRace', 'optimisation_race', 'run_scales',

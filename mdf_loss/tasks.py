@@ -12,7 +12,7 @@ import torch
 
 from .core import check_image
 from .distortions import (Distortion, downsample, gaussian_blur, gaussian_noise, jpeg, sr_degrade, upsample_back,
-                                  _generator, _noise_like)
+                                  seeded_generator, noise_like)
 
 # %% auto 0
 __all__ = ['PHASE1_KINDS', 'USES', 'DEFAULT_TASK', 'OPEN_TASK', 'Strength', 'TaskSpec', 'register_task', 'task_names', 'get_task']
@@ -179,7 +179,7 @@ def _z(self: TaskSpec,
         if self.phase1 == 'zero': return torch.zeros_like(prev_up)
         if self.phase1 == 'noise':
             sigma = self.strength.check(distortion.params.get('sigma'), f"{self.name}: the distortion's sigma")
-            return _noise_like(prev_up, sigma/255*span, _generator(seed))
+            return noise_like(prev_up, sigma/255*span, seeded_generator(seed))
         unit = (prev_up - low)/span
         distorted = distortion(unit, seed=seed)
         if distorted.shape != unit.shape:

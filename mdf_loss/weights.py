@@ -13,16 +13,17 @@ import torch
 
 from .blocks import Discriminator, Generator, TAPS
 from .checkout import note_read, sha256
+from .configs import need
 from .core import ASSETS, atomic_write_bytes, package_version, read_tensors, write_tensors
 from .runs import RunFolder, append_log as _append_log, trim_log as _trim_log
 from .tasks import get_task, task_names
 
 # %% auto 0
-__all__ = ['FORMAT_VERSION', 'META_KEY', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL', 'PRETRAINED', 'ALIASES', 'CHECKPOINT_KEY',
+__all__ = ['FORMAT_VERSION', 'META_KEY', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL', 'ALIASES', 'PRETRAINED', 'CHECKPOINT_KEY',
            'CHECKPOINT_VERSION', 'MAX_CHECKPOINT_WIDTH', 'WeightFileError', 'write_weights', 'read_weights',
            'UnsafePickleError', 'import_official', 'available', 'pretrained_path', 'read_pretrained',
-           'convert_official', 'need', 'JSONConfig', 'write_checkpoint', 'read_checkpoint', 'checkpoint_path',
-           'append_log', 'trim_log', 'same_weights']
+           'convert_official', 'write_checkpoint', 'read_checkpoint', 'checkpoint_path', 'append_log', 'trim_log',
+           'same_weights']
 
 # %% ../nbs/04_weights.ipynb
 FORMAT_VERSION = 1
@@ -242,16 +243,12 @@ def import_official(path, task: str | None = None) -> tuple[list[Discriminator],
     return ds, meta
 
 # %% ../nbs/04_weights.ipynb
-PRETRAINED = {  # name: the file in the package's assets
-    'official-sisr': 'official-sisr.safetensors',
-    'official-jpeg': 'official-jpeg.safetensors',
-    'sisr': 'sisr.safetensors',
-    'denoise': 'denoise.safetensors',
-    'jpeg': 'jpeg.safetensors',
-}
 ALIASES = {  # name: (the name it reads, why); it reports the task whose spec names it as the authors' loss
     'official-denoise': ('official-sisr', "the authors' Ds_Denoising.pth is byte-identical to their Ds_SISR.pth"),
 }
+PRETRAINED = {name: f'{name}.safetensors'  # name: the file in the package's assets, as the built-in tasks name them
+              for name in sorted({n for t in task_names() for n in (get_task(t).official, get_task(t).ours) if n})
+              if name not in ALIASES}
 
 def available() -> list[str]:
     "Names of the losses that ship with this installation."
@@ -282,37 +279,6 @@ def convert_official(src, dst, task: str | None = None) -> Path:
     ds, meta = import_official(src, task=task)
     meta['provenance']['command'] = f'mdf-loss convert-official {Path(src).name} {Path(dst).name}' + (f' --task {task}' if task else '')
     return write_weights(ds, dst, meta)
-
-# %% ../nbs/04_weights.ipynb
-def need(ok: bool, message: str):
-    "Raise `ValueError(message)` unless `ok`."
-    if not ok: raise ValueError(message)
-
-class JSONConfig:
-    "Base of the settings dataclasses that runs record: to a JSON-ready dict and back, unknown keys refused by name."
-    _absent_means = {}  # fields missing from files written before they existed -> the value those files meant
-
-    def to_dict(self) -> dict:
-        "The settings as a JSON-ready dict (tuples become lists)."
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_json(self) -> str:
-        "The settings as indented JSON."
-        return json.dumps(self.to_dict(), indent=1)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        "The settings from `to_dict` output; a key that is not a field is refused."
-        need(isinstance(d, dict), f"a config must be a dict, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = set(d) - set(names)
-        need(not unknown, f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(names)}")
-        return cls(**{**cls._absent_means, **d})
-
-    @classmethod
-    def from_json(cls, text: str):
-        "The settings from `to_json` output."
-        return cls.from_dict(json.loads(text))
 
 # %% ../nbs/04_weights.ipynb
 CHECKPOINT_KEY = 'mdf_loss_checkpoint'
@@ -377,6 +343,13 @@ def append_log(path, rows: list[dict]):
 def trim_log(path, keep_below: int):
     "Deprecated: `mdf_loss.runs.trim_log`, or `RunFolder.trim_log`."
     _moved('trim_log', 'mdf_loss.runs.trim_log or RunFolder.trim_log'); _trim_log(path, keep_below)
+
+def __getattr__(name: str):
+    if name == 'JSONConfig':  # the settings base moved to its own module in 0.3
+        _moved('JSONConfig', 'mdf_loss.configs.JSONConfig')
+        from mdf_loss.configs import JSONConfig
+        return JSONConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/04_weights.ipynb
 def same_weights(a, b) -> bool:

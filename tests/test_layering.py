@@ -73,23 +73,54 @@ def test_no_module_outgrows_one_subject():
     assert max(sizes.values()) <= 500, {m: n for m, n in sizes.items() if n > 500}
 
 
-def _task_literals(tree: ast.AST, names: set) -> list[tuple[int, str]]:
-    "String constants equal to a task name where code would decide by them: compared, passed, or given as a default."
-    used = []
+def _docstrings(tree: ast.AST) -> set[int]:
+    "ids of the docstring constants of `tree` and of the values of `__all__` (names of functions, not of tasks)."
+    out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Compare): used += [node.left, *node.comparators]
-        elif isinstance(node, ast.Call): used += [*node.args, *(k.value for k in node.keywords)]
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)): used += [*node.args.defaults, *node.args.kw_defaults]
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None: used.append(node.value)
-    return [(n.lineno, n.value) for n in used if isinstance(n, ast.Constant) and n.value in names]
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant): out.add(id(first.value))
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '__all__' for t in node.targets):
+            out |= {id(n) for n in ast.walk(node.value)}
+    return out
+
+
+def _task_literals(tree: ast.AST, names: set) -> list[tuple[int, str]]:
+    """String constants that spell a task's name anywhere code holds them (compared, passed, assigned, a default, a dict
+    key, a tuple or list member), and task names quoted inside any other string or f-string (docstrings aside)."""
+    quoted = re.compile(r"""['"`](%s)['"`]""" % '|'.join(map(re.escape, sorted(names))))
+    skip = _docstrings(tree)
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+            and (n.value in names or quoted.search(n.value))]
+
+
+def test_the_literal_guard_catches_every_form():
+    from mdf_loss.tasks import task_names
+    names = set(task_names())
+    code = ("if task == 'sisr': pass\nf(task='jpeg')\ndef g(t='denoise'): pass\nd = {'jpeg': 1}\nt = ('x', 'sisr')\n"
+            "m = f\"only for task 'custom', not {t}\"\nn = \"resuming a 'deblur' run\"\n"
+            "def h():\n    'A docstring may say \\'jpeg\\'.'\n__all__ = ['jpeg']\n")
+    assert sorted(_task_literals(ast.parse(code), names)) == [
+        (1, 'sisr'), (2, 'jpeg'), (3, 'denoise'), (4, 'jpeg'), (5, 'sisr'), (6, "only for task 'custom', not "),
+        (7, "resuming a 'deblur' run")]
 
 
 def test_task_names_are_spelled_in_the_registry_only():
-    "Outside tasks.py no module decides by a built-in task's name: the tools ask the registry."
+    "Outside tasks.py no module spells a built-in task's name: the tools ask the registry."
     from mdf_loss.tasks import task_names
     names = set(task_names())
-    assert sorted(_task_literals(ast.parse("if task == 'sisr': pass\nf(task='jpeg')\ndef g(t='denoise'): pass"), names)) == [(1, 'sisr'), (2, 'jpeg'), (3, 'denoise')]
     found = {mod: hits for path, mod in MODULES.items() if mod != 'mdf_loss.tasks' and (hits := _task_literals(ast.parse(path.read_text()), names))}
+    assert not found, found
+
+
+def test_no_private_name_is_imported_across_modules():
+    "A module uses another's public names only: `from .widgets import _tm` would tie it to an internal detail."
+    found = []
+    for path, mod in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('mdf_loss')):
+                found += [(mod, node.module, a.name) for a in node.names if a.name.startswith('_') and a.name != '__version__']
     assert not found, found
 
 

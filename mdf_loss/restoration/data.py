@@ -13,7 +13,7 @@ from ..core import derived_generator, load_image, resize
 from ..tasks import TaskSpec, get_task
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'STREAMS', 'list_images', 'load_training_images', 'split_images', 'modcrop', 'step_generator',
+__all__ = ['IMAGE_SUFFIXES', 'DATA_STREAMS', 'list_images', 'load_training_images', 'split_images', 'modcrop', 'step_generator',
            'PatchSampler', 'EvalImage', 'load_test_set', 'validation_crops', 'pick_window', 'crop', 'center_crop']
 
 # %% ../../nbs/09b_data.ipynb
@@ -57,11 +57,19 @@ def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x[..., :h, :w]
 
 # %% ../../nbs/09b_data.ipynb
-STREAMS = {'patches': 0, 'test': 1, 'validation': 2, 'validation_crops': 3}
+DATA_STREAMS = {'patches': 0, 'test': 1, 'validation': 2, 'validation_crops': 3}  # the seeds' streams of the data
+
+def __getattr__(name: str):
+    if name == 'STREAMS':  # renamed in 0.3: phase 1 has STREAMS of its own
+        import warnings
+        warnings.warn("mdf_loss.restoration.data.STREAMS is now DATA_STREAMS; the old name goes in 0.3",
+                      DeprecationWarning, stacklevel=2)
+        return DATA_STREAMS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     "The CPU generator of one training step: a function of `(seed, step)` only."
-    return derived_generator(seed, STREAMS['patches'], step)
+    return derived_generator(seed, DATA_STREAMS['patches'], step)
 
 class PatchSampler:
     "Seeded random training patches from a list of uint8 images, distorted for `task` on the fly."
@@ -109,20 +117,20 @@ def load_test_set(folder, task: TaskSpec | str, seed: int = 0, limit: int | None
     for i, p in enumerate(list_images(folder, limit)):
         clean = modcrop(load_image(p), task.scale)
         if min(clean.shape[-2:]) < 4*task.scale: raise ValueError(f"test image {p} is too small ({tuple(clean.shape[-2:])})")
-        out.append(EvalImage(p.name, clean, _inputs(task, clean, derived_generator(seed, STREAMS['test'], i))))
+        out.append(EvalImage(p.name, clean, _inputs(task, clean, derived_generator(seed, DATA_STREAMS['test'], i))))
     return out
 
 def validation_crops(images: list[torch.Tensor], task: TaskSpec | str, size: int, per_image: int, seed: int) -> list[EvalImage]:
     "Fixed `size` px crops of the validation images (uint8) with their network inputs: what tuning scores."
     task, out = get_task(task), []
-    g = derived_generator(seed, STREAMS['validation_crops'])
+    g = derived_generator(seed, DATA_STREAMS['validation_crops'])
     size -= size % task.scale
     for i, im in enumerate(images):
         for j in range(per_image):
             top = torch.randint(max(1, im.shape[-2] - size + 1), (1,), generator=g).item()
             left = torch.randint(max(1, im.shape[-1] - size + 1), (1,), generator=g).item()
             clean = modcrop(im[None, :, top:top + size, left:left + size].float()/255, task.scale)
-            out.append(EvalImage(f'val{i}-{j}', clean, _inputs(task, clean, derived_generator(seed, STREAMS['validation'], i, j))))
+            out.append(EvalImage(f'val{i}-{j}', clean, _inputs(task, clean, derived_generator(seed, DATA_STREAMS['validation'], i, j))))
     return out
 
 # %% ../../nbs/09b_data.ipynb

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from ..core import atomic_write_bytes
-from ..weights import JSONConfig, need
+from ..configs import ConfigError, JSONConfig, need, option
 from ..tasks import DEFAULT_TASK, TaskSpec, get_task, task_names
 from ..loss import MDFLoss
-from ..baselines import SWEEP_WEIGHTS, find_weights, get_loss, loss_needs, parse_loss_name
+from ..baselines import (LOSS_PRESETS, SWEEP_WEIGHTS, find_weights, get_loss, loss_names, loss_needs,
+                                parse_loss_name)
 from .networks import NETWORKS, count_parameters, make_network
 from .data import (PatchSampler, crop, list_images, load_test_set, load_training_images,
                                        pick_window, split_images, validation_crops)
@@ -48,73 +49,92 @@ def _names(v) -> tuple:
     return tuple(str(x).strip() for x in items if str(x).strip())
 
 # %% ../../nbs/09e_experiment.ipynb
+def _losses_hint() -> str:
+    return (f"any registered loss ({', '.join(loss_names())}), the presets {', '.join(LOSS_PRESETS)}, a .safetensors "
+            "loss file, or sums such as l1+mdf-official; --import a module that calls "
+            "mdf_loss.baselines.register_loss to add yours")
+
 @dataclass
 class ExperimentConfig(JSONConfig):
     "Everything that defines a restoration experiment; the preset's sizes unless you say otherwise."
-    task: str = DEFAULT_TASK  # a registered task with restoration variants
-    train_dir: str | None = None  # folder of training images
-    test_dirs: tuple = ()  # folders of test images, one table each
-    losses: tuple = DEFAULT_LOSSES  # loss names for `mdf_loss.baselines.get_loss`
-    preset: str = 'quick'  # 'smoke', 'quick' or 'paper': the sizes below
-    out_dir: str = 'runs/experiment'  # where results, figures and checkpoints go
-    seed: int = 0  # seed of weights, patches and distortions
-    networks: tuple | None = None  # the networks to train; None: the task's
-    protocols: tuple = ('scratch',)  # any of 'scratch', 'finetune'
-    sweep: bool = False  # sweep the weight of summed losses (and run the vgg/lpips baselines)
-    lr_grid: tuple | None = None  # learning rates to choose from on the validation split
-    select_by: str = 'haarpsi'  # the validation measure of tuning
-    html: bool = False  # also write the comparison page
-    mdf_path: str | None = None  # a loss file for the loss name 'mdf'
-    weight_paths: dict = field(default_factory=dict)  # {'vgg16': path, 'alexnet': path, 'lpips-alex': path}
-    strength: float | None = None  # the task's strength, trained and tested; None: the task's variants
-    device: str | None = None  # a torch device; None: the CPU (or the GPU of the local rank under torchrun)
+    task: str = option(DEFAULT_TASK, required=True, always=True, choices=lambda: task_names('restoration'))  # the restoration task
+    losses: tuple = option(DEFAULT_LOSSES, always=True, hint=_losses_hint)  # the losses compared, comma-separated
+    train_dir: str | None = option(None, flag='--train', required=True, always=True)  # folder of training images (for example benchmarks/CSun_Hays80)
+    test_dirs: tuple = option((), flag='--test', nargs='+', required=True, always=True)  # one or more folders of test images, one table each (for example CSet5 CSet14 CBSD68)
+    preset: str = option('quick', always=True, choices=lambda: tuple(EXPERIMENT_PRESETS))  # the sizes: smoke (tests), quick (CPU minutes) or paper (GPU)
+    out_dir: str = option('runs/experiment', flag='--out', always=True)  # where results, figures and checkpoints go
+    seed: int = option(0, always=True)  # seed of weights, patches and distortions
+    strength: float | None = option(None, strength='restoration')  # the task's strength, trained and tested; None: the task's variants
     steps: int | None = None  # training steps per run
     patch: int | None = None  # side of the training patches (output pixels)
     batch: int | None = None  # patches per step
     lr: float | None = None  # Adam's learning rate
-    size: str | None = None  # the networks' size: 'smoke', 'quick' or 'paper'
     max_train_images: int | None = None  # use the first N training images
     max_test_images: int | None = None  # use the first N images of each test folder
+    networks: tuple | None = None  # the networks to train, comma-separated; None: the task's own
+    protocols: tuple = option(('scratch',), flag='--protocol')  # comma-separated protocols: scratch, finetune
+    lr_grid: tuple | None = None  # comma-separated learning rates to choose from on the validation split
+    select_by: str = option('haarpsi', choices=SELECT_BY)  # the validation measure of the sweep and the lr grid
+    mdf_path: str | None = option(None, flag='--mdf-weights')  # an MDF loss file (.safetensors) for the loss name 'mdf'
+    weight_paths: dict = option(default_factory=dict, keys={'vgg16': '--vgg16-weights', 'alexnet': '--alexnet-weights', 'lpips-alex': '--lpips-weights'})  # ImageNet weights of the perceptual baselines, by kind (default: $MDF_LOSS_VGG16_WEIGHTS, $MDF_LOSS_ALEXNET_WEIGHTS, $MDF_LOSS_LPIPS_WEIGHTS, the torch hub cache or the lpips package)
+    device: str | None = None  # a torch device; None: the CPU (or the GPU of the local rank under torchrun)
+    sweep: bool = False  # sweep the weight of summed losses in {0.001, 0.01, 0.1, 1} on a validation split, and run the vgg and lpips baselines where their weights exist
+    html: bool = False  # also write a self-contained HTML comparison page with a blind mode
+    size: str | None = None  # the networks' size: 'smoke', 'quick' or 'paper'
     mdf_crop: int | None = None  # side of the central crop the MDF columns are computed on
     crop: int | None = None  # side of the crops in the figure
     val_fraction: float | None = None  # share of the training images held out when tuning
     val_crops: int | None = None  # validation crops per held-out image
     train_scale: float | None = None  # factor the training images are resized by
     every: int | None = None  # steps between checkpoints
+    _command_words = ('mdf-loss', 'experiment')
+    _presets = EXPERIMENT_PRESETS
 
     def __post_init__(self):
-        need(self.preset in EXPERIMENT_PRESETS, f"preset must be one of {list(EXPERIMENT_PRESETS)}, got {self.preset!r}")
+        need(self.preset in EXPERIMENT_PRESETS, f"preset must be one of {list(EXPERIMENT_PRESETS)}, got {self.preset!r}",
+             'preset')
         for k, v in EXPERIMENT_PRESETS[self.preset].items():  # the preset fills every size left unset
             if getattr(self, k) is None: setattr(self, k, v)
         self.losses, self.protocols = _names(self.losses), _names(self.protocols)
-        self.test_dirs = tuple(str(d) for d in ([self.test_dirs] if isinstance(self.test_dirs, (str, os.PathLike)) else self.test_dirs))
+        dirs = self.test_dirs
+        self.test_dirs = tuple(str(d) for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else dirs))
         self.train_dir = None if self.train_dir is None else str(self.train_dir)
         self.mdf_path = None if self.mdf_path is None else str(self.mdf_path)
         self.out_dir = str(self.out_dir)
         self.weight_paths = {k: str(v) for k, v in dict(self.weight_paths or {}).items()}
         if self.networks is not None: self.networks = _names(self.networks)
-        if self.lr_grid is not None: self.lr_grid = tuple(self.lr_grid) if not isinstance(self.lr_grid, str) else tuple(_names(self.lr_grid))
+        if isinstance(self.lr_grid, str): self.lr_grid = _names(self.lr_grid)
+        elif self.lr_grid is not None: self.lr_grid = tuple(self.lr_grid)
         need(isinstance(self.task, str) and self.task in task_names('restoration'),
-              f"task must be one of {task_names('restoration')}, got {self.task!r}")
-        need(bool(self.losses), "losses is empty; give a comma-separated list such as l1,l2,ssim,mdf-official")
-        need(len(set(self.losses)) == len(self.losses), f"losses names a loss twice: {list(self.losses)}")
+             f"task must be one of {task_names('restoration')}, got {self.task!r}", 'task')
+        need(bool(self.losses), "losses is empty; give a comma-separated list such as l1,l2,ssim,mdf-official", 'losses')
+        need(len(set(self.losses)) == len(self.losses), f"losses names a loss twice: {list(self.losses)}", 'losses')
         need(bool(self.protocols) and all(p in PROTOCOLS for p in self.protocols),
-              f"protocol must be a comma-separated list of {PROTOCOLS}, got {list(self.protocols)}")
+             f"protocols must be a comma-separated list of {PROTOCOLS}, got {list(self.protocols)}", 'protocols')
         for n in self.networks or ():
-            need(n in NETWORKS, f"unknown network {n!r}; choose from {list(NETWORKS)}")
+            need(n in NETWORKS, f"networks: unknown network {n!r}; choose from {list(NETWORKS)}", 'networks')
         for name in ('steps', 'patch', 'batch', 'every', 'val_crops'):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}")
-        need('finetune' not in self.protocols or self.steps >= 2, "the finetune protocol needs steps >= 2")
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}",
+                 name)
+        need('finetune' not in self.protocols or self.steps >= 2, "steps must be at least 2 for the finetune protocol",
+             'steps')
         if self.lr_grid is not None:
             try: self.lr_grid = tuple(float(v) for v in self.lr_grid)
-            except (TypeError, ValueError): raise ValueError(f"lr_grid must be a comma-separated list of learning rates, got {self.lr_grid!r}") from None
-            need(bool(self.lr_grid) and all(v > 0 for v in self.lr_grid), f"lr_grid must be a list of positive learning rates, got {list(self.lr_grid)}")
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
-        need(self.select_by in SELECT_BY, f"select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}")
-        need(set(self.weight_paths) <= set(WEIGHT_KINDS), f"weight_paths keys must be among {WEIGHT_KINDS}, got {sorted(self.weight_paths)}")
-        need(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
-        if self.strength is not None: self.spec  # checks the strength against the task
+            except (TypeError, ValueError):
+                raise ConfigError(f"lr_grid must be a comma-separated list of learning rates, got {self.lr_grid!r}",
+                                  'lr_grid') from None
+            need(bool(self.lr_grid) and all(v > 0 for v in self.lr_grid),
+                 f"lr_grid must be a list of positive learning rates, got {list(self.lr_grid)}", 'lr_grid')
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}", 'lr')
+        need(self.select_by in SELECT_BY, f"select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}",
+             'select_by')
+        need(set(self.weight_paths) <= set(WEIGHT_KINDS),
+             f"weight_paths keys must be among {WEIGHT_KINDS}, got {sorted(self.weight_paths)}", 'weight_paths')
+        need(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction!r}", 'val_fraction')
+        if self.strength is not None:
+            try: self.spec  # checks the strength against the task
+            except ValueError as e: raise ConfigError(str(e), 'strength') from None
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ExperimentConfig:
@@ -133,31 +153,14 @@ class ExperimentConfig(JSONConfig):
         "The sizes of the run (the preset's fields), as results.json records them."
         return {k: getattr(self, k) for k in EXPERIMENT_PRESETS[self.preset]}
 
+    def strength_name(self) -> str | None:
+        "The name of the task's strength parameter ('quality' for JPEG), or None."
+        strength = get_task(self.task).strength
+        return strength.name if strength is not None else None
 
+    def _command_base(self) -> ExperimentConfig:
+        return type(self)(task=self.task, preset=self.preset)
 
-# %% ../../nbs/09e_experiment.ipynb
-def _command(self: ExperimentConfig) -> str:
-    "The `mdf-loss experiment` command line equivalent to this config."
-    base, spec = ExperimentConfig(task=self.task, preset=self.preset), get_task(self.task)
-    parts = ['mdf-loss', 'experiment', '--task', self.task, '--losses', ','.join(self.losses)]
-    if self.train_dir is not None: parts += ['--train', self.train_dir]
-    if self.test_dirs: parts += ['--test', *self.test_dirs]
-    parts += ['--preset', self.preset, '--out', self.out_dir, '--seed', str(self.seed)]
-    if self.strength is not None: parts += [f"--{spec.strength.name.replace('_', '-')}", f'{self.strength:g}']
-    for name in ('steps', 'patch', 'batch', 'lr', 'max_train_images', 'max_test_images'):
-        if getattr(self, name) != getattr(base, name): parts += [f"--{name.replace('_', '-')}", str(getattr(self, name))]
-    if self.networks is not None: parts += ['--networks', ','.join(self.networks)]
-    if self.protocols != ('scratch',): parts += ['--protocol', ','.join(self.protocols)]
-    if self.lr_grid is not None: parts += ['--lr-grid', ','.join(f'{v:g}' for v in self.lr_grid)]
-    if self.select_by != 'haarpsi': parts += ['--select-by', self.select_by]
-    if self.mdf_path is not None: parts += ['--mdf-weights', self.mdf_path]
-    for kind, flag in (('vgg16', '--vgg16-weights'), ('alexnet', '--alexnet-weights'), ('lpips-alex', '--lpips-weights')):
-        if kind in self.weight_paths: parts += [flag, self.weight_paths[kind]]
-    if self.device is not None: parts += ['--device', self.device]
-    parts += [f'--{f}' for f in ('sweep', 'html') if getattr(self, f)]
-    return shlex.join(parts)
-
-ExperimentConfig.command = _command
 
 # %% ../../nbs/09e_experiment.ipynb
 def _safe(name: str) -> str: return re.sub(r'[^A-Za-z0-9.+=-]+', '_', name)
@@ -231,8 +234,8 @@ class Experiment:
         need(isinstance(cfg, ExperimentConfig), f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
         self.cfg, self.spec, self.progress, self.command = cfg, cfg.spec, progress, command or cfg.command()
         for name in cfg.losses: get_loss(name, task=cfg.task, mdf_path=cfg.mdf_path, **_loss_paths(cfg.weight_paths))
-        if cfg.train_dir is None: raise ValueError("--train is required: a folder of training images")
-        if not cfg.test_dirs: raise ValueError("--test is required: one or more folders of test images")
+        need(cfg.train_dir is not None, "train_dir is required: a folder of training images", 'train_dir')
+        need(bool(cfg.test_dirs), "test_dirs is required: one or more folders of test images", 'test_dirs')
         names = [Path(d).name for d in cfg.test_dirs]
         if len(set(names)) != len(names): raise ValueError(f"test folders must have distinct names, got {names}")
         self.networks = list(cfg.networks or self.spec.networks)
