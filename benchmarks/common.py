@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 import mdf_loss
 from mdf_loss.checkout import sha256  # noqa: F401 (the reports fingerprint their inputs with it)
 from mdf_loss import __version__
+from mdf_loss.runtime import machine as runtime_machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,16 +50,7 @@ def portable(text: str, data=None) -> str:
 
 def machine() -> dict:
     "CPU model and capability, cores, torch version and threads, and the GPU's name when one is visible."
-    model = platform.processor()
-    try:
-        lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-        model = next((l.split(':', 1)[1].strip() for l in lscpu.splitlines() if l.startswith('Model name')), model)
-    except OSError: pass
-    info = {'cpu_model': model, 'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-            'python': platform.python_version(), 'platform': platform.platform(),
-            'cpu_capability': torch.backends.cpu.get_cpu_capability()}
-    if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name()
-    return info
+    return runtime_machine()
 
 
 def versions() -> dict:
@@ -78,7 +69,7 @@ def write_pair(out, text: str, markdown: str) -> Path:
 def quick_denoise_sampler(seed: int = 0):
     """The set-up the training-step benchmarks share: the quick preset's sizes, the denoising task and a patch sampler
     of its training images (CSun_Hays80). Exits with SKIPPED where the shared data folder is absent."""
-    from mdf_loss.core import data_dir
+    from mdf_loss.runtime import data_dir
     from mdf_loss.restoration.data import PatchSampler, list_images, load_training_images
     from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
     from mdf_loss.tasks import get_task

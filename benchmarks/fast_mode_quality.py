@@ -40,12 +40,12 @@ import torch
 
 from mdf_loss import MDFLoss
 from mdf_loss.loss import ScaleSampler
-from mdf_loss.core import data_dir
+from mdf_loss.runtime import data_dir
 from mdf_loss.tasks import get_task
 from mdf_loss.restoration.experiment import EXPERIMENT_PRESETS
 from mdf_loss.restoration.data import PatchSampler, list_images, load_test_set, load_training_images
 from mdf_loss.restoration.networks import make_network
-from mdf_loss.restoration.trainer import image_metrics, restore, train
+from mdf_loss.restoration.trainer import image_metrics, restore, train_network
 from mdf_loss.baselines import get_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -285,7 +285,7 @@ def one_run(a, cfg, spec, network, images, tests, seed: int, mode: str) -> dict:
     if a.protocol == 'finetune':
         pre = Path(a.work)/f"pretrain-l1_{a.task}_{network}_seed{seed}_{cfg['steps']//2}steps.pt"
         if not pre.exists():  # shared by every mode of this seed; written whole or not at all
-            train(model, get_loss('l1'), sampler, cfg['steps']//2, cfg['lr'], None, progress=False)
+            train_network(model, get_loss('l1'), sampler, cfg['steps']//2, cfg['lr'], None, progress=False)
             pre.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), pre.with_suffix('.tmp')); pre.with_suffix('.tmp').replace(pre)
         model.load_state_dict(torch.load(pre, weights_only=True))
@@ -293,7 +293,7 @@ def one_run(a, cfg, spec, network, images, tests, seed: int, mode: str) -> dict:
     loss = make_loss(f'official-{a.task}', mode, seed).to(a.device)
     curve = Curve(loss, model, a.curve_every, lambda: evaluate(model, tests, spec)) if a.curve_every and mode == 'exact' else None
     t0 = time.perf_counter()
-    info = train(model, curve or loss, sampler, steps, lr, drop, device=a.device, progress=False, desc=f'{mode} seed {seed}')
+    info = train_network(model, curve or loss, sampler, steps, lr, drop, device=a.device, progress=False, desc=f'{mode} seed {seed}')
     train_s = time.perf_counter() - t0 - (curve.paused if curve else 0.0)
     run = dict(seed=seed, mode=mode, train_s=train_s, step_ms=1000*train_s/steps,
                final_loss=float(np.mean(info['history'][-max(1, len(info['history'])//10):])), test=evaluate(model, tests, spec))

@@ -41,8 +41,12 @@ def recorded_arguments(command: str, data, out_dir, steps: int | None = None):
     argv = shlex.split(command)
     if argv[:2] != ['mdf-loss', 'experiment']: raise ValueError(f"not an mdf-loss experiment command: {command!r}")
     args = build_parser().parse_args(argv[1:])
-    args.train, args.test = Path(local_path(args.train, data)), [Path(local_path(t, data)) for t in args.test]
-    args.out = Path(out_dir)
+    # the parser's names: train_dir, test_dirs and out_dir from 0.3 on (the fields of ExperimentConfig); train, test, out before
+    train, test, out = (next(n for n in names if hasattr(args, n)) for names in
+                        (('train_dir', 'train'), ('test_dirs', 'test'), ('out_dir', 'out')))
+    setattr(args, train, Path(local_path(getattr(args, train), data)))
+    setattr(args, test, [Path(local_path(t, data)) for t in getattr(args, test)])
+    setattr(args, out, Path(out_dir))
     if steps is not None: args.steps = steps
     return args
 

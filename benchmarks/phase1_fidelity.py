@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from mdf_loss import MDFLoss
 from mdf_loss.baselines import get_loss
-from mdf_loss.core import data_dir, load_image, resize
+from mdf_loss.core import load_image, resize
+from mdf_loss.runtime import data_dir
 from mdf_loss.demo import reference_curves
 from mdf_loss.loss import pixel_optimisation, relative_scales
 from mdf_loss.sensitivity import benchmark_crops, task_specificity

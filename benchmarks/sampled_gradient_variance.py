@@ -37,7 +37,7 @@ import torch
 
 from mdf_loss import MDFLoss
 from mdf_loss.restoration.networks import make_network
-from mdf_loss.restoration.trainer import train
+from mdf_loss.restoration.trainer import train_network
 from mdf_loss.baselines import get_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -121,7 +121,7 @@ def main(argv=None):
         res['yardstick_command'] = command_line(argv)
     for state in ('init', f'l1-{a.pretrain}'):
         if state != 'init':
-            train(model, get_loss('l1'), sampler, a.pretrain, cfg['lr'], None, progress=False)
+            train_network(model, get_loss('l1'), sampler, a.pretrain, cfg['lr'], None, progress=False)
         model.train()
         if a.yardstick_only:
             res['states'][state]['minibatch_rel_var'] = minibatch_noise(model, sampler)

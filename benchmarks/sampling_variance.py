@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from mdf_loss import MDFLoss
-from mdf_loss.core import data_dir, load_image, bundled_image_path, resize
+from mdf_loss.core import load_image, bundled_image_path, resize
+from mdf_loss.runtime import data_dir
 from mdf_loss.blocks import SLOPE, folded_layers, tap_chain
 from mdf_loss.loss import ScaleSampler, _EagerDistance
 

@@ -12,7 +12,6 @@ import importlib
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from mdf_loss import MDFLoss, __version__
 from mdf_loss.baselines import get_loss, register_loss
 from mdf_loss.blocks import Discriminator, init_weights, width_schedule
-from mdf_loss.core import data_dir
+from mdf_loss.runtime import data_dir, machine
 from mdf_loss.sensitivity import benchmark_crops, sensitivity, specificity_table, task_specificity
 from mdf_loss.tasks import task_names
 
@@ -75,7 +74,7 @@ def main(argv=None):
         sens[name] = {t: sensitivity(fn, crops, t) for t in ([own] if own else tasks)}
     spec = task_specificity({**losses, 'mse': lambda x, y: F.mse_loss(x, y)}, crops, target=a.psnr) if a.specificity else None
     out = dict(command='python ' + ' '.join([sys.argv[0], *(argv or sys.argv[1:])]),
-               date=datetime.datetime.now().isoformat(timespec='seconds'), machine=platform.processor() or platform.machine(),
+               date=datetime.datetime.now().isoformat(timespec='seconds'), machine=machine()['cpu_model'],
                cores=os.cpu_count(), torch=torch.__version__, mdf_loss=__version__, images=list(crops), size=a.size,
                seconds=round(time.time() - t0, 1),
                sensitivity={n: {t: dict(fraction_spearman_1=sum(r['spearman'] == 1.0 for r in rows) / len(rows),

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from mdf_loss.core import atomic_write_bytes, data_dir
+from mdf_loss.runtime import atomic_write_bytes, data_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import REPO, command_line, display_path, load_average, machine, now, portable, sha256, versions  # noqa: E402

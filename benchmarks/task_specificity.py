@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mdf_loss import MDFLoss
-from mdf_loss.core import data_dir
+from mdf_loss.runtime import data_dir
 from mdf_loss.weights import pretrained_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -82,14 +82,14 @@ def main(out: Path):
         if calls[0] == 4: raise Stop
         calls[0] += 1
         return loss_fn(o, t)
-    try: R.train(first, stop_after_4, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
+    try: R.train_network(first, stop_after_4, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
     except Stop: pass
     net, _, _ = restoration_setup(seed=123)  # other starting weights: everything must come from the checkpoint
     seen = []  # images per step on this rank: the batch of 4, shared out
     def counting(o, t):
         seen.append(len(o))
         return loss_fn(o, t)
-    info = R.train(net, counting, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
+    info = R.train_network(net, counting, sampler, steps, lr=1e-3, checkpoint=ck, every=3, progress=False)
     report['resumed_steps_run'], report['processes'], report['history'] = info['steps_run'], info['processes'], info['history']
     report['local_batches'] = sorted(set(seen))
     ddp_net = net

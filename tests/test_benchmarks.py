@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
+from conftest import BENCH, run_benchmark
 
 
-def run(script: str, *args, timeout: int = 300) -> dict:
-    r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
+run = run_benchmark
 
 
 def test_loss_speed_compares_exact_with_the_reference_in_one_process(tmp_path):
@@ -134,7 +130,7 @@ def test_equal_time_reads_the_exact_curve_at_the_modes_time():
 def test_fast_mode_quality_resumes_from_its_result_file(tmp_path):
     "A result file with the finished runs: the next start keeps them and refuses another protocol's file."
     fmq = _fast_mode_quality()
-    from mdf_loss.core import data_dir
+    from mdf_loss.runtime import data_dir
     if data_dir() is None: pytest.skip('shared data not found (set MDF_LOSS_DATA): the benchmark needs its images')
     out = tmp_path / 'q.json'
     done = {'protocol': fmq.PROTOCOL_TEXT['finetune'] + ', quick preset: ' + json.dumps(
@@ -167,8 +163,8 @@ def test_sweep_l1_alone_rebuilds_the_recorded_command_on_this_machine(tmp_path):
     args = w.recorded_arguments('mdf-loss experiment --task jpeg --losses l1,l1+mdf --train ../shared/data/benchmarks/T '
                                 '--test ../shared/data/benchmarks/A ../shared/data/benchmarks/B --out runs/x --seed 3 '
                                 '--protocol finetune --threads 1 --sweep', data, tmp_path / 'work', steps=4)
-    assert (args.train, args.test, args.out) == (data / 'benchmarks' / 'T', [data / 'benchmarks' / 'A', data / 'benchmarks' / 'B'], tmp_path / 'work')
-    assert (args.seed, args.threads, args.steps, args.sweep, args.protocol) == (3, 1, 4, True, 'finetune')
+    assert (args.train_dir, args.test_dirs, args.out_dir) == (data / 'benchmarks' / 'T', [data / 'benchmarks' / 'A', data / 'benchmarks' / 'B'], tmp_path / 'work')
+    assert (args.seed, args.threads, args.steps, args.sweep, args.protocols) == (3, 1, 4, True, 'finetune')
     with pytest.raises(ValueError): w.recorded_arguments('mdf-loss train --task jpeg', data, tmp_path)
 
 

@@ -12,13 +12,9 @@ from safetensors.torch import save as st_save_bytes
 
 from mdf_loss import MDFLoss
 from mdf_loss.cli import cli_train, train_arguments
-from test_unsafe_loads import _legacy_parts, _Marker
+from conftest import Marker, legacy_pickle, run_cli
 
-EXE = shutil.which('mdf-loss') or str(Path(sys.executable).parent / 'mdf-loss')
-
-
-def run(*args, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+run = run_cli
 
 
 def test_demo_writes_figure_and_table(tmp_path):
@@ -209,9 +205,9 @@ def test_cli_unknown_subcommand_and_none():
 HOSTILE_FOR_CONVERT = {   # convert-official on files a user might pass by mistake, or an attacker on purpose
     'empty file': (lambda d: b'', 'could not be parsed'),
     'a safetensors file': (lambda d: st_save_bytes({'a': torch.zeros(2)}), 'could not be parsed'),
-    'a pickle with os.system': (lambda d: _legacy_parts([_Marker('os.system', d / 'pwned')]), "refused to load global 'posix.system'"),
-    'truncated legacy file': (lambda d: _legacy_parts([1])[:30], 'could not be parsed'),
-    'records of the wrong structure': (lambda d: _legacy_parts([1, 2]), 'not a SinGAN WDiscriminator'),
+    'a pickle with os.system': (lambda d: legacy_pickle([Marker('os.system', d / 'pwned')]), "refused to load global 'posix.system'"),
+    'truncated legacy file': (lambda d: legacy_pickle([1])[:30], 'could not be parsed'),
+    'records of the wrong structure': (lambda d: legacy_pickle([1, 2]), 'not a SinGAN WDiscriminator'),
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from mdf_loss.adversarial import TrainConfig
 from mdf_loss.cli import (build_parser, experiment_arguments, experiment_config_from_args, train_arguments,
                           train_config_from_args)
@@ -16,7 +17,6 @@ from mdf_loss.configs import ConfigError, field_docs
 from mdf_loss.demo import DemoConfig
 from mdf_loss.restoration.experiment import ExperimentConfig
 
-EXE = shutil.which('mdf-loss') or str(Path(sys.executable).parent / 'mdf-loss')
 
 
 @dataclasses.dataclass
@@ -125,8 +125,7 @@ def test_library_errors_name_fields_and_the_command_line_names_flags():
         raise ValueError(flag_message(ConfigError('out_dir must be a folder', 'out_dir'), ExperimentConfig))
 
 
-def _run(*args, cwd):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+_run = run_cli
 
 
 @pytest.mark.parametrize('args, words', [(('--steps', '-5'), '--steps must be at least 1, got -5'),

@@ -11,7 +11,7 @@ from mdf_loss import MDFLoss
 from mdf_loss.sensitivity import benchmark_crops, psnr
 from mdf_loss.tasks import get_task
 from mdf_loss.weights import pretrained_path
-from test_benchmarks import run as run_script  # the benchmarks' subprocess runner
+from conftest import run_benchmark as run_script
 
 
 def run(script: str, *args) -> dict: return run_script(script, *args, timeout=600)

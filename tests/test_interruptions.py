@@ -86,7 +86,7 @@ def test_restoration_checkpoints_are_written_atomically(tmp_path):
     from workers import restoration_setup
     model, loss_fn, sampler = restoration_setup(batch=2)
     _audit_writes(); AUDIT['on'] = True
-    try: R.train(model, loss_fn, sampler, 2, checkpoint=tmp_path / 'ck' / 'model.pt', every=1, progress=False)
+    try: R.train_network(model, loss_fn, sampler, 2, checkpoint=tmp_path / 'ck' / 'model.pt', every=1, progress=False)
     finally: AUDIT['on'] = False
     _check_atomic(tmp_path / 'ck', allowed_append=())
 

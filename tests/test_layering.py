@@ -134,3 +134,14 @@ def test_library_matches_its_notebooks(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     for p in sorted((ROOT/'mdf_loss').rglob('*.py')):
         assert p.read_text() == (work/p.relative_to(ROOT)).read_text(), f'{p.relative_to(ROOT)} differs from its notebook: run nbdev_export'
+
+
+def test_no_test_module_imports_another():
+    "Shared test helpers live in conftest.py; a test module that imports another runs that module's tests' set-up too."
+    found = []
+    for path in sorted((ROOT/'tests').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+            found += [(path.name, n) for n in names if n.startswith('test_')]
+    assert not found, found

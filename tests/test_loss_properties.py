@@ -57,7 +57,7 @@ def expected_error(x, y):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point(): return TypeError
         if t.ndim != 4 or t.shape[1] != 3 or t.shape[0] == 0 or min(t.shape[-2:]) < RF: return ValueError
         if not torch.isfinite(t).all(): return ValueError
-        if t.max() > 5 or t.min() < -4: return ValueError   # core.RANGE_LIMIT: an image on the 0-255 scale
+        if t.max() > 5 or t.min() < -4: return ValueError   # contract.RANGE_LIMIT: an image on the 0-255 scale
     if x.shape != y.shape: return ValueError
     return None
 

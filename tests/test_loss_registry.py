@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import QUIET, ROOT, run_cli
 from mdf_loss import baselines
 from mdf_loss.core import bundled_image_path, load_image, to_pil
 
 MODULE = '''
 from mdf_loss.baselines import register_loss
-from mdf_loss.core import ImageLoss
+from mdf_loss.contract import ImageLoss
 
 class CharbonnierLoss(ImageLoss):
     "sqrt((output - target)^2 + eps^2), averaged over each image."
@@ -32,8 +32,7 @@ class CharbonnierLoss(ImageLoss):
 register_loss('charbonnier', CharbonnierLoss, summary='smooth L1', replace=True)
 '''
 
-EXE = shutil.which('mdf-loss', path=str(Path(sys.executable).parent)) or shutil.which('mdf-loss')
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+ENV = QUIET
 
 
 @pytest.fixture(scope='module')
@@ -62,10 +61,9 @@ def registered(workdir, monkeypatch):
 
 
 def test_experiment_takes_the_registered_loss(workdir):
-    assert EXE, 'the mdf-loss console script is not installed'
-    r = subprocess.run([EXE, '--import', 'myloss', 'experiment', '--task', 'denoise', '--losses', 'l1,charbonnier,l1+0.5*charbonnier',
-                        '--train', 'train', '--test', 'test', '--preset', 'smoke', '--out', 'exp', '--threads', '1',
-                        '--no-progress'], capture_output=True, text=True, cwd=workdir, timeout=600, env=ENV)
+    r = run_cli('--import', 'myloss', 'experiment', '--task', 'denoise', '--losses', 'l1,charbonnier,l1+0.5*charbonnier',
+                '--train', 'train', '--test', 'test', '--preset', 'smoke', '--out', 'exp', '--threads', '1',
+                '--no-progress', cwd=workdir, env=ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((workdir/'exp'/'results.json').read_text())
     assert [x['run'] for x in res['runs']] == ['l1', 'charbonnier', 'l1+0.5*charbonnier']
@@ -73,8 +71,8 @@ def test_experiment_takes_the_registered_loss(workdir):
 
 
 def test_unknown_loss_lists_the_registry(workdir):
-    r = subprocess.run([EXE, 'experiment', '--task', 'denoise', '--losses', 'charbonnier', '--train', 'train', '--test', 'test',
-                        '--preset', 'smoke', '--out', 'exp2'], capture_output=True, text=True, cwd=workdir, timeout=600, env=ENV)
+    r = run_cli('experiment', '--task', 'denoise', '--losses', 'charbonnier', '--train', 'train', '--test', 'test',
+                '--preset', 'smoke', '--out', 'exp2', cwd=workdir, env=ENV)
     assert r.returncode == 2 and "unknown loss 'charbonnier'; registered: l1, l2," in r.stderr, r.stderr
     assert not (workdir/'exp2'/'results.json').exists()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdf_loss.core import imresize, resize_matrix, singan_pyramid
+from mdf_loss.pyramid import imresize, resize_matrix, singan_pyramid
 
 
 def singan_levels(h, w, min_size, max_size, factor_init):

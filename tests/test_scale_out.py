@@ -4,6 +4,8 @@ import json, os, shutil, socket, subprocess, sys, time, warnings
 from pathlib import Path
 
 import pytest
+
+from conftest import EXE, QUIET
 import torch
 
 from mdf_loss import MDFLoss
@@ -22,7 +24,7 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc-per-node=2', '--rdzv-backend=static',
            '--master-addr=127.0.0.1', f'--master-port={_free_port()}', str(HERE / 'ddp_worker.py'), str(out), '6']
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    env = QUIET
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -57,7 +59,7 @@ def test_ddp_restoration_trainer_matches_one_process(ddp_run):
     net, loss_fn, sampler = restoration_setup()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        info = R.train(net, loss_fn, sampler, 6, lr=1e-3, progress=False)
+        info = R.train_network(net, loss_fn, sampler, 6, lr=1e-3, progress=False)
         net.eval()
         with torch.no_grad():
             inp, target = sampler.batch(10_000)
@@ -85,11 +87,11 @@ def test_ddp_experiment_matches_one_process(tmp_path):
     """`torchrun --nproc-per-node=2 --no-python mdf-loss experiment ...` (gloo, 127.0.0.1) writes the results one process
     writes: the same learning rates chosen on the validation split, and the same test metrics to round-off."""
     train_dir, test_dir = _experiment_folders(tmp_path)
-    exe = shutil.which('mdf-loss', path=str(Path(sys.executable).parent)) or shutil.which('mdf-loss')
+    exe = EXE
     assert exe, 'the mdf-loss console script is not installed'
     args = ['experiment', '--task', 'denoise', '--losses', 'l1,mdf-official', '--train', str(train_dir), '--test', str(test_dir),
             '--preset', 'smoke', '--steps', '4', '--lr-grid', '0.001,0.01', '--threads', '1', '--no-progress']
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    env = QUIET
     one = subprocess.run([exe, *args, '--out', str(tmp_path/'one')], capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc-per-node=2', '--rdzv-backend=static',

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import QUIET, ROOT, run_cli
 from mdf_loss import MDFLoss
 from mdf_loss.core import bundled_image_path, load_image, to_pil
 
@@ -35,8 +35,7 @@ register_task(TaskSpec('vignette', 'vignetting', make, Strength('strength', 0.4,
                        variant_label='v{}'), replace=True)
 '''
 
-EXE = shutil.which('mdf-loss', path=str(Path(sys.executable).parent)) or shutil.which('mdf-loss')
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+ENV = QUIET
 
 
 @pytest.fixture(scope='module')
@@ -52,8 +51,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def mdf_loss(*args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    assert EXE, 'the mdf-loss console script is not installed'
-    r = subprocess.run([EXE, '--import', 'mytask', *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=ENV)
+    r = run_cli('--import', 'mytask', *args, cwd=cwd, timeout=timeout, env=ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
@@ -92,9 +90,10 @@ def test_sensitivity_benchmark_ranks_the_registered_task(workdir, trained, data_
     assert len(rows) == 2 and all(len(row['values']) == 4 for row in rows)
 
 
-def test_distortion_explorer_shows_the_registered_task(workdir, trained, monkeypatch):
+def test_distortion_explorer_shows_the_registered_task(workdir, trained, monkeypatch, restore_registries):
     pytest.importorskip('ipywidgets')
     monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.delitem(sys.modules, 'mytask', raising=False)
     import importlib
     importlib.import_module('mytask')
     from mdf_loss.widgets import distortion_explorer, widget_tasks

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, Marker, legacy_pickle
 from mdf_loss import MDFLoss
 from mdf_loss.weights import LEGACY_MAGIC, LEGACY_PROTOCOL, UnsafePickleError, WeightFileError, import_official
 
@@ -62,28 +62,6 @@ def test_legacy_file_imports_and_equals_the_modules(legacy_file):
     torch.testing.assert_close(loss(x, y), ref, rtol=1e-5, atol=0)
 
 
-def _legacy_parts(obj, keys=None, magic=LEGACY_MAGIC, protocol=LEGACY_PROTOCOL, sys_info=None, pickle_protocol=2) -> bytes:
-    "A legacy torch.save layout (magic, protocol, system info, object, storage keys) around `obj`, written by hand."
-    buf = io.BytesIO()
-    for part in (magic, protocol, sys_info or {'little_endian': True}, obj, [] if keys is None else keys):
-        pickle.dump(part, buf, protocol=pickle_protocol)
-    return buf.getvalue()
-
-
-class _Marker:
-    "Pickles to a call that would create `path` if anything ran it."
-    def __init__(self, call, path): self.call, self.path = call, path
-    def __reduce__(self):
-        if self.call == 'os.system': return (os.system, (f'touch {self.path}',))
-        if self.call == 'subprocess': return (subprocess.call, (['touch', str(self.path)],))
-        if self.call == 'eval': return (eval, (f"open({str(self.path)!r}, 'w').close()",))
-        if self.call == 'exec': return (exec, (f"open({str(self.path)!r}, 'w').close()",))
-        if self.call == 'builtins.open': return (open, (str(self.path), 'w'))
-        if self.call == 'torch.load': return (torch.load, (str(self.path),))
-        if self.call == 'getattr': return (getattr, (str(self.path), 'upper'))
-        raise ValueError(self.call)
-
-
 EVIL = {   # the payload, and the end of the global's name that the error must quote (protocol 2 writes Python 2 module names)
     'os.system': ".system'", 'subprocess': ".call'", 'eval': ".eval'", 'exec': ".exec'", 'builtins.open': ".open'",
     'torch.load': "torch.serialization.load'", 'getattr': ".getattr'",
@@ -94,9 +72,9 @@ EVIL = {   # the payload, and the end of the global's name that the error must q
 @pytest.mark.parametrize('call', list(EVIL))
 def test_legacy_pickle_with_unexpected_global_is_refused_and_nothing_runs(call, where, tmp_path):
     marker = tmp_path / 'pwned'
-    evil = _Marker(call, marker)
-    if where == 'payload': data = _legacy_parts([evil])
-    elif where == 'as the magic number': data = _legacy_parts([], magic=evil)
+    evil = Marker(call, marker)
+    if where == 'payload': data = legacy_pickle([evil])
+    elif where == 'as the magic number': data = legacy_pickle([], magic=evil)
     else:
         W = _singan_classes(); d = W(4)
         d.__dict__['_modules']['head'] = evil   # a record whose state holds the payload
@@ -114,7 +92,7 @@ def test_legacy_pickle_other_protocols_refused(tmp_path):
     "Protocol 0 (INST, text GLOBAL) and 4 (STACK_GLOBAL) go through the same allow-list."
     marker = tmp_path / 'pwned'
     for proto in (0, 1, 4, 5):
-        p = tmp_path / f'evil{proto}.pth'; p.write_bytes(_legacy_parts([_Marker('os.system', marker)], pickle_protocol=proto))
+        p = tmp_path / f'evil{proto}.pth'; p.write_bytes(legacy_pickle([Marker('os.system', marker)], pickle_protocol=proto))
         with pytest.raises(UnsafePickleError, match='refused to load global'): import_official(p)
     # INST opcode by hand: "(i" module "\n" name "\n"
     p = tmp_path / 'inst.pth'
@@ -129,14 +107,14 @@ LEGACY_BROKEN = {   # name: (bytes from the good legacy file, error type, words)
     'truncated in the pickle': (lambda g: g[:300], WeightFileError, 'could not be parsed'),
     'truncated in the storages': (lambda g: g[:-100], WeightFileError, 'truncated'),
     'a zip-format torch.save file': (lambda g: b'PK\x03\x04' + g[4:], WeightFileError, 'zip-format torch.save file'),
-    'other magic number': (lambda g: _legacy_parts([], magic=12345), WeightFileError, 'not a legacy torch.save file'),
-    'other protocol': (lambda g: _legacy_parts([], protocol=7), WeightFileError, 'unsupported legacy protocol 7'),
-    'big-endian': (lambda g: _legacy_parts([], sys_info={'little_endian': False}), WeightFileError, 'little-endian'),
-    'not a list': (lambda g: _legacy_parts({'a': 1}), WeightFileError, 'does not hold a list of discriminators'),
-    'empty list': (lambda g: _legacy_parts([]), WeightFileError, 'does not hold a list of discriminators'),
-    'a list of numbers': (lambda g: _legacy_parts([1, 2]), WeightFileError, 'not a SinGAN WDiscriminator'),
-    'storage table not a list': (lambda g: _legacy_parts([1], keys=5), WeightFileError, 'storage table is not a list'),
-    'a storage listed but never used': (lambda g: _legacy_parts([1], keys=['7']), WeightFileError, "storage '7' is listed but never used"),
+    'other magic number': (lambda g: legacy_pickle([], magic=12345), WeightFileError, 'not a legacy torch.save file'),
+    'other protocol': (lambda g: legacy_pickle([], protocol=7), WeightFileError, 'unsupported legacy protocol 7'),
+    'big-endian': (lambda g: legacy_pickle([], sys_info={'little_endian': False}), WeightFileError, 'little-endian'),
+    'not a list': (lambda g: legacy_pickle({'a': 1}), WeightFileError, 'does not hold a list of discriminators'),
+    'empty list': (lambda g: legacy_pickle([]), WeightFileError, 'does not hold a list of discriminators'),
+    'a list of numbers': (lambda g: legacy_pickle([1, 2]), WeightFileError, 'not a SinGAN WDiscriminator'),
+    'storage table not a list': (lambda g: legacy_pickle([1], keys=5), WeightFileError, 'storage table is not a list'),
+    'a storage listed but never used': (lambda g: legacy_pickle([1], keys=['7']), WeightFileError, "storage '7' is listed but never used"),
 }
 
 

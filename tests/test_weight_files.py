@@ -12,7 +12,7 @@ from safetensors.torch import load as st_load_bytes, save as st_save_bytes
 from conftest import ROOT
 from mdf_loss import MDFLoss
 from mdf_loss.blocks import Discriminator, Generator
-from mdf_loss.core import atomic_write_bytes
+from mdf_loss.runtime import atomic_write_bytes
 from mdf_loss.weights import (CHECKPOINT_KEY, META_KEY, WeightFileError, read_checkpoint, read_pretrained, read_weights,
                               write_checkpoint)
 from workers import tiny_discriminators

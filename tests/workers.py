@@ -98,7 +98,7 @@ def restoration_run(checkpoint: str, steps: int, every: int, done, result: str |
         save(path, model, opt, step, *rest); done.value = step
     R._save_checkpoint = spy   # observe only: train() looks the name up at call time
     model, loss_fn, sampler = restoration_setup()
-    out = R.train(model, loss_fn, sampler, steps, lr=1e-3, checkpoint=checkpoint, every=every, resume=True, progress=False)
+    out = R.train_network(model, loss_fn, sampler, steps, lr=1e-3, checkpoint=checkpoint, every=every, resume=True, progress=False)
     if result is not None:
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, result,

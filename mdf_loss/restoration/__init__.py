@@ -1,7 +1,7 @@
 """Restoration experiments: train a small network with each loss and score it on held-out images.
 
-`from mdf_loss.restoration import ExperimentConfig, run_experiment` is the entry point (what `mdf-loss experiment` runs);
-the modules are `networks`, `data`, `trainer`, `report` and `experiment`. They need the `experiments` extra.
+`from mdf_loss.restoration import ExperimentConfig, run_experiment` is the entry point (what `mdf-loss experiment`
+runs); the modules are `networks`, `data`, `trainer`, `report` and `experiment`. They need the `experiments` extra.
 """
 __all__ = ['ExperimentConfig', 'run_experiment']
 
