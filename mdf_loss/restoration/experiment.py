@@ -26,8 +26,7 @@ from .report import comparison_html, figure_grid, machine_info, mdf_summary, res
 
 # %% auto 0
 __all__ = ['EXPERIMENT_PRESETS', 'PROTOCOLS', 'DEFAULT_LOSSES', 'SELECT_BY', 'WEIGHT_KINDS', 'ExperimentConfig', 'plan_runs',
-           'mdf_columns', 'Candidate', 'RunResult', 'Experiment', 'evaluate', 'pretrain', 'train_candidates', 'choose',
-           'record', 'run', 'finish', 'write_figures', 'run_experiment', 'load_results']
+           'mdf_columns', 'Candidate', 'RunResult', 'Experiment', 'run_experiment', 'load_results']
 
 # %% ../../nbs/09e_experiment.ipynb
 EXPERIMENT_PRESETS = {
@@ -229,8 +228,8 @@ class RunResult:
     eval: dict  # test set -> {'per_image': ..., 'mean': ...}
 
 # %% ../../nbs/09e_experiment.ipynb
-class Experiment:
-    "One restoration experiment: its checked config and loaded data; `run()` trains, evaluates and writes the outputs."
+class _ExperimentData:
+    "The part of an `Experiment` that holds its checked config and its loaded data."
     def __init__(self, cfg: ExperimentConfig, progress: bool = True, command: str | None = None):
         need(isinstance(cfg, ExperimentConfig), f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
         self.cfg, self.spec, self.progress, self.command = cfg, cfg.spec, progress, command or cfg.command()
@@ -273,163 +272,170 @@ class Experiment:
         return name if len(self.variants) == 1 else f'{name}/{variant}'
 
 # %% ../../nbs/09e_experiment.ipynb
-def evaluate(self: Experiment, model: nn.Module | None) -> dict:
-    "Per-image and mean metrics of `model` (None: the distorted input itself) on every test set and variant."
-    out = {}
-    for name, v in self.keys:
-        per = {}
-        for im in self.tests[name]:
-            restored = self.spec.upsample(im.inputs[v]) if model is None else restore(model, im.inputs[v], self.device)
-            per[im.name] = image_metrics(restored, im.clean, self.shave, self.mdf_columns, self.cfg.mdf_crop)
-        out[self.label(name, v)] = {'per_image': per, 'mean': mean_metrics(per)}
-    return out
+class _Evaluating:
+    "The steps that score networks: evaluation on the test sets, and the shared L1 pre-training."
+    def evaluate(self, model: nn.Module | None) -> dict:
+        "Per-image and mean metrics of `model` (None: the distorted input itself) on every test set and variant."
+        out = {}
+        for name, v in self.keys:
+            per = {}
+            for im in self.tests[name]:
+                restored = self.spec.upsample(im.inputs[v]) if model is None else restore(model, im.inputs[v], self.device)
+                per[im.name] = image_metrics(restored, im.clean, self.shave, self.mdf_columns, self.cfg.mdf_crop)
+            out[self.label(name, v)] = {'per_image': per, 'mean': mean_metrics(per)}
+        return out
 
-def _tag(self: Experiment, network: str, **more) -> dict:
-    c = self.cfg
-    return dict(task=c.task, network=network, size=c.size, seed=c.seed, patch=c.patch, batch=c.batch,
-                train=[p.name for p in self.train_paths], train_scale=c.train_scale, **more)
+    def _tag(self, network: str, **more) -> dict:
+        c = self.cfg
+        return dict(task=c.task, network=network, size=c.size, seed=c.seed, patch=c.patch, batch=c.batch,
+                    train=[p.name for p in self.train_paths], train_scale=c.train_scale, **more)
 
-def _fresh(self: Experiment, network: str) -> nn.Module:
-    torch.manual_seed(self.cfg.seed)  # every run of a network starts from the same weights
-    return make_network(network, self.cfg.size)
+    def _fresh(self, network: str) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)  # every run of a network starts from the same weights
+        return make_network(network, self.cfg.size)
 
-def pretrain(self: Experiment, network: str) -> nn.Module:
-    "The shared L1 pre-training of the finetune protocol: half the steps."
-    model, c = self._fresh(network), self.cfg
-    train_network(model,
-                  get_loss('l1'),
-                  self.sampler,
-                  c.steps // 2,
-                  c.lr,
-                  None,
-                  self.out_dir / 'checkpoints' / network / 'pretrain-l1.pt',
-                  c.every,
-                  tag=self._tag(network, loss='l1'),
-                  device=self.device,
-                  progress=self.progress,
-                  desc=f'{network} pretrain l1',)
-    return model
-
-Experiment.evaluate, Experiment._tag, Experiment._fresh, Experiment.pretrain = evaluate, _tag, _fresh, pretrain
-
-# %% ../../nbs/09e_experiment.ipynb
-def _validation_score(self: Experiment, model: nn.Module) -> float:
-    scores = [image_metrics(restore(model, im.inputs[v]), im.clean, self.shave)[self.cfg.select_by] for im in self.val for v in self.variants]
-    return float(np.mean(scores))
-
-def train_candidates(self: Experiment, network: str, protocol: str, loss_name: str, weights: list,
-                     pre: nn.Module | None) -> list[Candidate]:
-    "Train `loss_name` once per (weight, lr) candidate, from scratch or from `pre` (the finetune protocol)."
-    c, cands = self.cfg, []
-    for w, lr in itertools.product(weights, self.lrs):
-        loss_fn = get_loss(loss_name, task=c.task, weight=w, mdf_path=c.mdf_path, **_loss_paths(c.weight_paths))
-        cand = Candidate(getattr(loss_fn, 'name', loss_name), w, lr)
-        model, steps, run_lr, drop = self._fresh(network), c.steps, lr, 0.8
-        if pre is not None:
-            model.load_state_dict(pre.state_dict())
-            steps, run_lr, drop = c.steps - c.steps//2, lr*0.1, None
-        ck = self.out_dir/'checkpoints'/network/protocol/f'{_safe(cand.loss)}_lr{lr:g}.pt'
-        try:
-            info = train_network(model, loss_fn, self.sampler, steps, run_lr, drop, ck, c.every,
-                         tag=self._tag(network, loss=cand.loss, protocol=protocol), device=self.device,
-                         progress=self.progress, desc=f'{network} {protocol} {cand.loss}')
-        except FloatingPointError as e:
-            cand.error = str(e); cands.append(cand); continue
-        hist = info['history']
-        cand.model, cand.seconds = model, info['seconds']
-        cand.final_loss, cand.history = float(np.mean(hist[-max(1, len(hist)//10):])), hist[::max(1, len(hist)//100)]
-        if len(weights)*len(self.lrs) > 1:  # scored once, on rank 0, so that every process picks the same run
-            cand.score = on_rank0(lambda: self._validation_score(model), *dist_context())
-        cands.append(cand)
-    return cands
-
-def choose(self: Experiment, cands: list[Candidate], loss_name: str) -> Candidate:
-    "The candidate with the best validation score (the only one when there was no choice)."
-    ok = [c for c in cands if c.model is not None]
-    if not ok: raise FloatingPointError(f"every training run of {loss_name} diverged: {[c.error for c in cands]}")
-    return max(ok, key=lambda c: c.score if c.score is not None else 0.)
-
-Experiment._validation_score, Experiment.train_candidates, Experiment.choose = _validation_score, train_candidates, choose
+    def pretrain(self, network: str) -> nn.Module:
+        "The shared L1 pre-training of the finetune protocol: half the steps."
+        model, c = self._fresh(network), self.cfg
+        train_network(model,
+                      get_loss('l1'),
+                      self.sampler,
+                      c.steps // 2,
+                      c.lr,
+                      None,
+                      self.out_dir / 'checkpoints' / network / 'pretrain-l1.pt',
+                      c.every,
+                      tag=self._tag(network, loss='l1'),
+                      device=self.device,
+                      progress=self.progress,
+                      desc=f'{network} pretrain l1',)
+        return model
 
 # %% ../../nbs/09e_experiment.ipynb
-def record(self: Experiment, run: RunResult, model: nn.Module, tables: dict):
-    "Add `run` to `tables` and its crops to the figures (rank 0 only)."
-    for k, e in run.eval.items():
-        tables[run.network][k].append({'run': run.run, 'protocol': run.protocol, 'weight': run.weight, 'lr': run.lr,
-                                       'mean': e['mean'], 'seconds': run.seconds})
-    column = run.run if len(self.cfg.protocols) == 1 else f"{run.run} [{run.protocol}]"
-    for row in self.fig_rows:
-        name, v = row['key']
-        out = restore(model, self.tests[name][0].inputs[v], self.device)
-        row['runs'].setdefault(run.network, {})[column] = crop(out, row['window'], row['size'])
+class _Tuning:
+    "The steps that tune: training the candidates of a sweep or a learning-rate grid, and choosing one."
+    def _validation_score(self, model: nn.Module) -> float:
+        scores = [image_metrics(restore(model, im.inputs[v]), im.clean, self.shave)[self.cfg.select_by] for im in self.val for v in self.variants]
+        return float(np.mean(scores))
 
-def run(self: Experiment) -> dict:
-    "Train and evaluate every run; write results.json, results.md, the figure grids (and the HTML page)."
-    t0 = time.perf_counter()
-    rank, world = dist_context()  # under torchrun every process trains; rank 0 alone evaluates and writes
-    lead = rank == 0
-    self.out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = self.evaluate(None) if lead else {}
-    tables = {n: {k: [{'run': 'input', 'mean': e['mean'], 'seconds': None}] for k, e in inputs.items()} for n in self.networks}
-    runs, params, sweeps = [], {}, dict(self.sweep_info)
-    for network in self.networks:
-        params[network] = count_parameters(self._fresh(network))
-        for protocol in self.cfg.protocols:
-            pre = self.pretrain(network) if protocol == 'finetune' else None
-            for loss_name, weights in self.plan:
-                cands = self.train_candidates(network, protocol, loss_name, weights, pre)
-                best = self.choose(cands, loss_name)
-                if len(cands) > 1:
-                    sweeps[f'{loss_name} ({network}, {protocol})'] = {
-                        'run': True, 'select_by': self.cfg.select_by, 'chosen': {'weight': best.weight, 'lr': best.lr},
-                        'candidates': [c.record() for c in cands]}
-                result = RunResult(network, best.loss, loss_name, protocol, best.weight, best.lr, self.cfg.steps, best.seconds,
-                                   best.final_loss, best.history, self.evaluate(best.model) if lead else {})
-                if lead: self.record(result, best.model, tables)
-                runs.append(dataclasses.asdict(result))
-    return on_rank0(lambda: self.finish(t0, world, inputs, runs, tables, params, sweeps), rank, world)
+    def train_candidates(self, network: str, protocol: str, loss_name: str, weights: list,
+                         pre: nn.Module | None) -> list[Candidate]:
+        "Train `loss_name` once per (weight, lr) candidate, from scratch or from `pre` (the finetune protocol)."
+        c, cands = self.cfg, []
+        for w, lr in itertools.product(weights, self.lrs):
+            loss_fn = get_loss(loss_name, task=c.task, weight=w, mdf_path=c.mdf_path, **_loss_paths(c.weight_paths))
+            cand = Candidate(getattr(loss_fn, 'name', loss_name), w, lr)
+            model, steps, run_lr, drop = self._fresh(network), c.steps, lr, 0.8
+            if pre is not None:
+                model.load_state_dict(pre.state_dict())
+                steps, run_lr, drop = c.steps - c.steps//2, lr*0.1, None
+            ck = self.out_dir/'checkpoints'/network/protocol/f'{_safe(cand.loss)}_lr{lr:g}.pt'
+            try:
+                info = train_network(model, loss_fn, self.sampler, steps, run_lr, drop, ck, c.every,
+                             tag=self._tag(network, loss=cand.loss, protocol=protocol), device=self.device,
+                             progress=self.progress, desc=f'{network} {protocol} {cand.loss}')
+            except FloatingPointError as e:
+                cand.error = str(e); cands.append(cand); continue
+            hist = info['history']
+            cand.model, cand.seconds = model, info['seconds']
+            cand.final_loss, cand.history = float(np.mean(hist[-max(1, len(hist)//10):])), hist[::max(1, len(hist)//100)]
+            if len(weights)*len(self.lrs) > 1:  # scored once, on rank 0, so that every process picks the same run
+                cand.score = on_rank0(lambda: self._validation_score(model), *dist_context())
+            cands.append(cand)
+        return cands
 
-Experiment.record, Experiment.run = record, run
+    def choose(self, cands: list[Candidate], loss_name: str) -> Candidate:
+        "The candidate with the best validation score (the only one when there was no choice)."
+        ok = [c for c in cands if c.model is not None]
+        if not ok: raise FloatingPointError(f"every training run of {loss_name} diverged: {[c.error for c in cands]}")
+        return max(ok, key=lambda c: c.score if c.score is not None else 0.)
 
 # %% ../../nbs/09e_experiment.ipynb
-def finish(self: Experiment, t0, world, inputs, runs, tables, params, sweeps) -> dict:
-    "The results of `run`, written to the output folder (by rank 0 only under torchrun)."
-    c = self.cfg
-    info = machine_info(self.device)
-    info['machine']['processes'] = world
-    res = {'task': c.task, 'preset': c.preset, 'seed': c.seed, 'command': self.command,
-           'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'), **info,
-           'config': {**c.settings, 'train_images': len(self.train_paths), 'validation_images': len(self.val_paths),
-                      'networks': self.networks, 'parameters': params, 'protocols': list(c.protocols),
-                      'select_by': c.select_by if self.tuning else None, 'mdf_columns': list(self.mdf_columns),
-                      'test_sets': {n: [im.name for im in ims] for n, ims in self.tests.items()},
-                      'variants': dict(zip(self.variants, self.spec.variants))},
-           'experiment_config': c.to_dict(),
-           'losses': list(c.losses), 'sweep': sweeps, 'input': inputs, 'runs': runs, 'tables': tables}
-    res['summary'] = mdf_summary(tables)
-    res['figures'] = self.write_figures()
-    res['seconds'] = time.perf_counter() - t0
-    atomic_write_bytes(json.dumps(res, indent=1, allow_nan=False).encode(), self.out_dir/'results.json')
-    atomic_write_bytes(results_markdown(res).encode(), self.out_dir/'results.md')
-    return res
+class _Running:
+    "The steps that run the plan and record each run."
+    def record(self, run: RunResult, model: nn.Module, tables: dict):
+        "Add `run` to `tables` and its crops to the figures (rank 0 only)."
+        for k, e in run.eval.items():
+            tables[run.network][k].append({'run': run.run, 'protocol': run.protocol, 'weight': run.weight, 'lr': run.lr,
+                                           'mean': e['mean'], 'seconds': run.seconds})
+        column = run.run if len(self.cfg.protocols) == 1 else f"{run.run} [{run.protocol}]"
+        for row in self.fig_rows:
+            name, v = row['key']
+            out = restore(model, self.tests[name][0].inputs[v], self.device)
+            row['runs'].setdefault(run.network, {})[column] = crop(out, row['window'], row['size'])
 
-def write_figures(self: Experiment) -> list[dict]:
-    "A grid PNG per network (and the HTML page if asked); returns what was written."
-    c, written = self.cfg, []
-    for network in self.networks:
-        rows = [{'label': r['label'], 'tiles': {**r['refs'], **r['runs'].get(network, {})}} for r in self.fig_rows]
-        columns = ['ground truth', 'input', *self.fig_rows[0]['runs'].get(network, {})]
-        name = f'grid_{network}.png'
-        figure_grid(rows, columns, self.out_dir/name, title=f'{c.task}, {network}, {c.preset} preset, seed {c.seed}')
-        entry = {'network': network, 'grid': name, 'rows': len(rows), 'columns': columns}
-        if c.html:
-            page = 'comparison.html' if len(self.networks) == 1 else f'comparison_{network}.html'
-            atomic_write_bytes(comparison_html(rows, columns, f'{c.task}, {network}: the same crops under each loss', c.seed).encode(),
-                               self.out_dir/page)
-            entry['html'] = page
-        written.append(entry)
-    return written
+    def run(self) -> dict:
+        "Train and evaluate every run; write results.json, results.md, the figure grids (and the HTML page)."
+        t0 = time.perf_counter()
+        rank, world = dist_context()  # under torchrun every process trains; rank 0 alone evaluates and writes
+        lead = rank == 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        inputs = self.evaluate(None) if lead else {}
+        tables = {n: {k: [{'run': 'input', 'mean': e['mean'], 'seconds': None}] for k, e in inputs.items()} for n in self.networks}
+        runs, params, sweeps = [], {}, dict(self.sweep_info)
+        for network in self.networks:
+            params[network] = count_parameters(self._fresh(network))
+            for protocol in self.cfg.protocols:
+                pre = self.pretrain(network) if protocol == 'finetune' else None
+                for loss_name, weights in self.plan:
+                    cands = self.train_candidates(network, protocol, loss_name, weights, pre)
+                    best = self.choose(cands, loss_name)
+                    if len(cands) > 1:
+                        sweeps[f'{loss_name} ({network}, {protocol})'] = {
+                            'run': True, 'select_by': self.cfg.select_by, 'chosen': {'weight': best.weight, 'lr': best.lr},
+                            'candidates': [c.record() for c in cands]}
+                    result = RunResult(network, best.loss, loss_name, protocol, best.weight, best.lr, self.cfg.steps, best.seconds,
+                                       best.final_loss, best.history, self.evaluate(best.model) if lead else {})
+                    if lead: self.record(result, best.model, tables)
+                    runs.append(dataclasses.asdict(result))
+        return on_rank0(lambda: self.finish(t0, world, inputs, runs, tables, params, sweeps), rank, world)
 
+# %% ../../nbs/09e_experiment.ipynb
+class _Writing:
+    "The steps that write the results and the figures."
+    def finish(self, t0, world, inputs, runs, tables, params, sweeps) -> dict:
+        "The results of `run`, written to the output folder (by rank 0 only under torchrun)."
+        c = self.cfg
+        info = machine_info(self.device)
+        info['machine']['processes'] = world
+        res = {'task': c.task, 'preset': c.preset, 'seed': c.seed, 'command': self.command,
+               'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'), **info,
+               'config': {**c.settings, 'train_images': len(self.train_paths), 'validation_images': len(self.val_paths),
+                          'networks': self.networks, 'parameters': params, 'protocols': list(c.protocols),
+                          'select_by': c.select_by if self.tuning else None, 'mdf_columns': list(self.mdf_columns),
+                          'test_sets': {n: [im.name for im in ims] for n, ims in self.tests.items()},
+                          'variants': dict(zip(self.variants, self.spec.variants))},
+               'experiment_config': c.to_dict(),
+               'losses': list(c.losses), 'sweep': sweeps, 'input': inputs, 'runs': runs, 'tables': tables}
+        res['summary'] = mdf_summary(tables)
+        res['figures'] = self.write_figures()
+        res['seconds'] = time.perf_counter() - t0
+        atomic_write_bytes(json.dumps(res, indent=1, allow_nan=False).encode(), self.out_dir/'results.json')
+        atomic_write_bytes(results_markdown(res).encode(), self.out_dir/'results.md')
+        return res
+
+    def write_figures(self) -> list[dict]:
+        "A grid PNG per network (and the HTML page if asked); returns what was written."
+        c, written = self.cfg, []
+        for network in self.networks:
+            rows = [{'label': r['label'], 'tiles': {**r['refs'], **r['runs'].get(network, {})}} for r in self.fig_rows]
+            columns = ['ground truth', 'input', *self.fig_rows[0]['runs'].get(network, {})]
+            name = f'grid_{network}.png'
+            figure_grid(rows, columns, self.out_dir/name, title=f'{c.task}, {network}, {c.preset} preset, seed {c.seed}')
+            entry = {'network': network, 'grid': name, 'rows': len(rows), 'columns': columns}
+            if c.html:
+                page = 'comparison.html' if len(self.networks) == 1 else f'comparison_{network}.html'
+                atomic_write_bytes(comparison_html(rows, columns, f'{c.task}, {network}: the same crops under each loss', c.seed).encode(),
+                                   self.out_dir/page)
+                entry['html'] = page
+            written.append(entry)
+        return written
+
+# %% ../../nbs/09e_experiment.ipynb
+class Experiment(_Writing, _Running, _Tuning, _Evaluating, _ExperimentData):
+    "One restoration experiment: its checked config and loaded data; `run()` trains, evaluates and writes the outputs."
+
+# %% ../../nbs/09e_experiment.ipynb
 def run_experiment(cfg: ExperimentConfig, # the experiment (see `ExperimentConfig.from_preset`)
                    progress: bool = True, # show progress bars
                    command: str | None = None, # recorded in results.json; default: `cfg.command()`
@@ -437,8 +443,6 @@ def run_experiment(cfg: ExperimentConfig, # the experiment (see `ExperimentConfi
     """Train one network per loss (and protocol) and evaluate them; writes results.json, results.md and figures to
     `cfg.out_dir`."""
     return Experiment(cfg, progress, command).run()
-
-Experiment.finish, Experiment.write_figures = finish, write_figures
 
 # %% ../../nbs/09e_experiment.ipynb
 def load_results(path) -> tuple[dict, ExperimentConfig | None]:
