@@ -13,7 +13,7 @@ import torch
 import mdf_loss
 from mdf_loss.checkout import sha256  # noqa: F401 (the reports fingerprint their inputs with it)
 from mdf_loss import __version__
-from mdf_loss.runtime import machine as runtime_machine
+from mdf_loss.runtime import machine  # noqa: F401 (the scripts call common.machine(): the one machine description)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,11 +46,6 @@ def portable(text: str, data=None) -> str:
     "A recorded command without this machine's folders: the data folder as $MDF_LOSS_DATA, repository paths relative."
     if data: text = text.replace(str(Path(data).resolve()), '$MDF_LOSS_DATA').replace(str(data), '$MDF_LOSS_DATA')
     return text.replace(str(REPO) + os.sep, '')
-
-
-def machine() -> dict:
-    "CPU model and capability, cores, torch version and threads, and the GPU's name when one is visible."
-    return runtime_machine()
 
 
 def versions() -> dict:

@@ -20,7 +20,7 @@ from .runtime import (resolve_device, derived_generator, atomic_write_bytes, pac
 from .pyramid import Pyramid, singan_pyramid, singan_reals, singan_resize, fit, pyramid_sizes_v0
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, identity
-from .configs import ConfigError, JSONConfig, need, option
+from .configs import ConfigError, JSONConfig, is_int, is_number, need, option
 from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
 from .runs import RunFolder
 from .weights import read_checkpoint, write_checkpoint, write_weights
@@ -39,14 +39,12 @@ PRESETS = {
 DIVERGENCE_ACTIONS = ('raise', 'restart')
 ARITHMETICS = ('singan', 'v0')  # 'v0': the rounding and resizing of runs made before SinGAN's own were adopted
 
-def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-def _is_num(v) -> bool: return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 _NUMBERS = [  # (fields, test, what they must be)
-    (('max_size', 'min_size', 'iters', 'd_steps', 'g_steps', 'nfc', 'max_width', 'log_every'), lambda v: _is_int(v) and v >= 1, 'a positive int'),
-    (('lr', 'lr_decay', 'restart_lr_factor', 'divergence_limit'), lambda v: _is_num(v) and v > 0, 'a positive number'),
-    (('lambda_grad', 'alpha', 'noise_amp_init'), lambda v: _is_num(v) and v >= 0, 'a non-negative number'),
-    (('seed', 'max_restarts'), lambda v: _is_int(v) and v >= 0, 'a non-negative int')]
+    (('max_size', 'min_size', 'iters', 'd_steps', 'g_steps', 'nfc', 'max_width', 'log_every'), lambda v: is_int(v) and v >= 1, 'a positive int'),
+    (('lr', 'lr_decay', 'restart_lr_factor', 'divergence_limit'), lambda v: is_number(v) and v > 0, 'a positive number'),
+    (('lambda_grad', 'alpha', 'noise_amp_init'), lambda v: is_number(v) and v >= 0, 'a non-negative number'),
+    (('seed', 'max_restarts'), lambda v: is_int(v) and v >= 0, 'a non-negative int')]
 
 # %% ../nbs/06_adversarial.ipynb
 @dataclass
@@ -110,15 +108,15 @@ class TrainConfig(JSONConfig):
              'min_size')
         need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})",
              'max_size')
-        need(_is_num(self.scale_factor) and 0 < self.scale_factor < 1,
+        need(is_number(self.scale_factor) and 0 < self.scale_factor < 1,
              f"scale_factor must be in (0, 1), got {self.scale_factor!r}", 'scale_factor')
         need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}",
              'restart_lr_factor')
-        need(_is_num(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1,
+        need(is_number(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1,
              f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}", 'lr_decay_at')
-        need(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas),
+        need(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas!r}", 'betas')
-        need(len(self.value_range) == 2 and all(_is_num(v) for v in self.value_range)
+        need(len(self.value_range) == 2 and all(is_number(v) for v in self.value_range)
              and self.value_range[0] < self.value_range[1],
              f"value_range must be (low, high) with low < high, such as (-1, 1); got {self.value_range!r}", 'value_range')
         need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}",

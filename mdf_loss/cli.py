@@ -84,7 +84,7 @@ def config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> argparse.
     return parser
 
 # %% ../nbs/12_cli.ipynb
-def _pair(text: str, flag: str) -> tuple[str, object]:
+def _parse_pair(text: str, flag: str) -> tuple[str, object]:
     "NAME=VALUE as (name, value), the value read as JSON where it is JSON (5, 0.1, true), else as a string."
     name, sep, value = text.partition('=')
     need(sep and name.isidentifier(), f"{flag} must look like NAME=VALUE, got {text!r}")
@@ -101,14 +101,14 @@ def given_fields(args, cls, task: str | None = None) -> dict:
             if not o.mapping:
                 if own is not None: out[o.name] = own
                 continue
-            value = dict(_pair(p, o.flag) for p in value or [])
+            value = dict(_parse_pair(p, o.flag) for p in value or [])
             if own is not None: value[get_task(task).strength.name] = own
             if value: out[o.name] = value
         elif o.keys:
             found = {k: str(v) for k in o.keys if (v := getattr(args, f'{o.name}[{k}]', None)) is not None}
             if found: out[o.name] = found
         elif value is None: continue
-        elif o.mapping: out[o.name] = dict(_pair(p, o.flag) for p in value)
+        elif o.mapping: out[o.name] = dict(_parse_pair(p, o.flag) for p in value)
         elif o.listed: out[o.name] = tuple(v.strip() for v in value.split(',') if v.strip())
         elif o.nargs is not None: out[o.name] = tuple(value)
         else: out[o.name] = value

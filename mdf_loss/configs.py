@@ -4,11 +4,12 @@
 
 # %% ../nbs/00a_configs.ipynb 3
 from __future__ import annotations
-import ast, dataclasses, functools, inspect, io, json, linecache, shlex, textwrap, tokenize, types, typing
+import ast, dataclasses, functools, inspect, io, json, linecache, math, numbers, shlex, textwrap, tokenize, types, typing
 from dataclasses import MISSING, dataclass, field
 
 # %% auto 0
-__all__ = ['CLI_KEY', 'ConfigError', 'need', 'option', 'field_docs', 'Option', 'config_options', 'JSONConfig']
+__all__ = ['CLI_KEY', 'ConfigError', 'need', 'is_int', 'is_number', 'option', 'field_docs', 'Option', 'config_options',
+           'JSONConfig']
 
 # %% ../nbs/00a_configs.ipynb
 class ConfigError(ValueError):
@@ -21,6 +22,14 @@ class ConfigError(ValueError):
 def need(ok, message: str, field: str | None = None):
     "Raise `ConfigError(message, field)`, a `ValueError`, unless `ok`."
     if not ok: raise ConfigError(message, field)
+
+def is_int(v) -> bool:
+    "Whether `v` is a whole number (a Python or NumPy integer, not a bool)."
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+def is_number(v) -> bool:
+    "Whether `v` is a finite real number (not a bool)."
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 # %% ../nbs/00a_configs.ipynb
 CLI_KEY = 'mdf_loss.cli'  # where `option` keeps a field's command-line details, in the field's metadata
@@ -139,7 +148,7 @@ def _text(v) -> str:
     if isinstance(v, float): return f'{v:g}' if float(f'{v:g}') == v else repr(v)
     return str(v)
 
-def _pair(key, value) -> str:
+def _format_pair(key, value) -> str:
     return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 class JSONConfig:
@@ -196,11 +205,11 @@ class JSONConfig:
         if o.strength and o.mapping:  # the task's parameters: its strength by its flag, the rest as KEY=VALUE
             own = self.strength_name()
             return [w for k, v in value.items() for w in ([f"--{k.replace('_', '-')}", _text(v)] if k == own
-                                                            else [o.flag, _pair(k, v)])]
+                                                            else [o.flag, _format_pair(k, v)])]
         if o.strength: return [f"--{self.strength_name().replace('_', '-')}", _text(value)]
         if o.keys: return [w for k, flag in o.keys.items() if k in value and value[k] != default.get(k)
                            for w in (flag, str(value[k]))]
-        if o.mapping: return [w for k, v in value.items() for w in (o.flag, _pair(k, v))]
+        if o.mapping: return [w for k, v in value.items() for w in (o.flag, _format_pair(k, v))]
         if o.kind is bool: return [o.flag if value else '--no-' + o.flag[2:]]
         if o.nargs is not None: return [o.flag, *map(_text, value)]
         if o.listed: return [o.flag, ','.join(map(_text, value))]

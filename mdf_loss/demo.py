@@ -16,7 +16,7 @@ from .runtime import (atomic_write_bytes, data_dir, package_version, progress_ba
                               seed_everything)
 from .loss import MDFLoss, pixel_optimisation
 from .adversarial import TrainConfig, train
-from .configs import JSONConfig, need
+from .configs import JSONConfig, is_int, is_number, need
 from .runs import RunFolder
 from .tasks import DEFAULT_TASK, get_task
 from .baselines import get_loss, find_weights
@@ -149,8 +149,6 @@ def demo_figure(curves: dict, finals: dict, target: torch.Tensor, start: torch.T
     return fig
 
 # %% ../nbs/10_demo.ipynb
-def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-
 @dataclass
 class DemoConfig(JSONConfig):
     "The demo's settings."
@@ -164,11 +162,11 @@ class DemoConfig(JSONConfig):
     _command_words = ('mdf-loss', 'demo')
 
     def __post_init__(self):
-        need(_is_int(self.steps) and self.steps >= 1, f"steps must be at least 1, got {self.steps!r}", 'steps')
-        need(_is_int(self.size) and self.size >= 16, f"size must be at least 16 pixels, got {self.size!r}", 'size')
-        need(_is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}", 'seed')
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}", 'lr')
-        need(_is_int(self.train_iters) and self.train_iters >= 0,
+        need(is_int(self.steps) and self.steps >= 1, f"steps must be at least 1, got {self.steps!r}", 'steps')
+        need(is_int(self.size) and self.size >= 16, f"size must be at least 16 pixels, got {self.size!r}", 'size')
+        need(is_int(self.seed) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}", 'seed')
+        need(is_number(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}", 'lr')
+        need(is_int(self.train_iters) and self.train_iters >= 0,
              f"train_iters must be 0 (skip phase 1) or more, got {self.train_iters!r}", 'train_iters')
 
 # %% ../nbs/10_demo.ipynb

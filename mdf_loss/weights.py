@@ -16,7 +16,8 @@ from .checkout import note_read, sha256
 from .configs import need
 from .core import ASSETS
 from .runtime import atomic_write_bytes, package_version, read_tensors, write_tensors
-from .runs import RunFolder, append_log as _append_log, trim_log as _trim_log
+import mdf_loss.runs as runs
+from .runs import RunFolder
 from .tasks import get_task, task_names
 
 # %% auto 0
@@ -401,11 +402,11 @@ def checkpoint_path(out_dir, k: int) -> Path:
 
 def append_log(path, rows: list[dict]):
     "Deprecated: `mdf_loss.runs.append_log`, or `RunFolder.append_log`."
-    _moved('append_log', 'mdf_loss.runs.append_log or RunFolder.append_log'); _append_log(path, rows)
+    _moved('append_log', 'mdf_loss.runs.append_log or RunFolder.append_log'); runs.append_log(path, rows)
 
 def trim_log(path, keep_below: int):
     "Deprecated: `mdf_loss.runs.trim_log`, or `RunFolder.trim_log`."
-    _moved('trim_log', 'mdf_loss.runs.trim_log or RunFolder.trim_log'); _trim_log(path, keep_below)
+    _moved('trim_log', 'mdf_loss.runs.trim_log or RunFolder.trim_log'); runs.trim_log(path, keep_below)
 
 def __getattr__(name: str):
     if name == 'JSONConfig':  # the settings base moved to its own module in 0.3
