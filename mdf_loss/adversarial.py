@@ -4,166 +4,30 @@
 
 # %% ../nbs/06_adversarial.ipynb 3
 from __future__ import annotations
-import datetime, io, math, os, time, warnings
-from dataclasses import dataclass, field
+import datetime, io, math, time, warnings
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .checkout import sha256
-from .core import load_image, resize, bundled_image_path, to_pil
+from .core import load_image, bundled_image_path, to_pil
 from .runtime import (resolve_device, derived_generator, atomic_write_bytes, package_version,
                               load_function, progress_bar)
-from .pyramid import Pyramid, singan_pyramid, singan_reals, singan_resize, fit, pyramid_sizes_v0
+from .pyramid import Pyramid
 from .blocks import Discriminator, Generator, width_schedule, init_weights
 from .distortions import Distortion, identity
-from .configs import ConfigError, JSONConfig, is_int, is_number, need, option
-from .tasks import DEFAULT_TASK, OPEN_TASK, get_task, task_names
+from .configs import need
+from .tasks import OPEN_TASK, get_task
+from .train_config import (TrainConfig, PRESETS, DIVERGENCE_ACTIONS, ARITHMETICS, scale_sizes,
+                                   actual_scale_factor, real_pyramid)
 from .runs import RunFolder
 from .weights import read_checkpoint, write_checkpoint, write_weights
 
 # %% auto 0
-__all__ = ['PRESETS', 'DIVERGENCE_ACTIONS', 'ARITHMETICS', 'STREAMS', 'TERMS', 'NOT_IN_FINGERPRINT', 'TrainConfig', 'scale_sizes',
-           'actual_scale_factor', 'real_pyramid', 'gradient_penalty', 'scale_generator', 'TrainingDivergedError',
+__all__ = ['STREAMS', 'TERMS', 'NOT_IN_FINGERPRINT', 'gradient_penalty', 'scale_generator', 'TrainingDivergedError',
            'train_scale', 'resolve_distortion', 'fingerprint', 'PhaseOneRun', 'train']
-
-# %% ../nbs/06_adversarial.ipynb
-PRESETS = {
-    'quick': dict(max_size=64, iters=300, log_every=10),
-    'medium': dict(max_size=96, iters=1000, log_every=25),
-    'paper': dict(max_size=250, iters=2000, log_every=50),
-}
-DIVERGENCE_ACTIONS = ('raise', 'restart')
-ARITHMETICS = ('singan', 'v0')  # 'v0': the rounding and resizing of runs made before SinGAN's own were adopted
-
-
-_NUMBERS = [  # (fields, test, what they must be)
-    (('max_size', 'min_size', 'iters', 'd_steps', 'g_steps', 'nfc', 'max_width', 'log_every'), lambda v: is_int(v) and v >= 1, 'a positive int'),
-    (('lr', 'lr_decay', 'restart_lr_factor', 'divergence_limit'), lambda v: is_number(v) and v > 0, 'a positive number'),
-    (('lambda_grad', 'alpha', 'noise_amp_init'), lambda v: is_number(v) and v >= 0, 'a non-negative number'),
-    (('seed', 'max_restarts'), lambda v: is_int(v) and v >= 0, 'a non-negative int')]
-
-# %% ../nbs/06_adversarial.ipynb
-@dataclass
-class TrainConfig(JSONConfig):
-    "Everything that defines a phase-1 run; SinGAN's defaults unless a preset or you say otherwise."
-    task: str = option(DEFAULT_TASK, always=True, choices=lambda: task_names('phase1'))  # the distortion the loss learns to spot (a registered task; required for a new run on the command line)
-    distortion: dict = option(default_factory=dict, flag='--param', metavar='NAME=VALUE', strength='phase1')  # the task's parameters, such as {'sigma': 25}, task defaults otherwise; on the command line the strength's own flag (--sigma 25), or NAME=VALUE for the others (repeatable)
-    custom_fn: str | None = option(None, flag='--custom', metavar='MODULE:FUNCTION')  # your distortion fn(x, **params) -> x for the open task, as 'module:function' (a resume must name it again); in Python, pass distortion= to train instead
-    image: str | None = None  # the training photo; None is the bundled coffee.png
-    max_size: int = 250  # long side of the finest scale in pixels (the image is never upscaled)
-    min_size: int = 25  # short side of the coarsest scale in pixels
-    scale_factor: float = 0.75  # nominal ratio between scales (recomputed so the coarsest side is min_size)
-    iters: int = 2000  # iterations per scale
-    lr: float = 5e-4  # Adam learning rate of G and D
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas
-    lr_decay_at: float = 0.8  # fraction of `iters` after which the lr is multiplied by `lr_decay` (SinGAN: 1600/2000)
-    lr_decay: float = 0.1  # factor of the learning-rate drop
-    d_steps: int = 3  # critic steps per iteration
-    g_steps: int = 3  # generator steps per iteration
-    lambda_grad: float = 0.1  # weight of the gradient penalty
-    alpha: float = 10.0  # weight of the reconstruction loss
-    noise_amp_init: float = 0.1  # noise amplitude relative to the RMSE of the upsampled reconstruction
-    fixed_rec_noise: bool = False  # True: one reconstruction noise map at the coarsest scale (SinGAN's paper); False: redrawn every iteration (SinGAN's code)
-    nfc: int = 32  # width of the first scales; doubles every 4 scales
-    max_width: int = 128  # cap on the width
-    value_range: tuple[float, float] = (-1.0, 1.0)  # range images are mapped to while training (SinGAN: [-1, 1])
-    seed: int = option(0, always=True)  # the random seed of weights, noise and distortions
-    device: str = 'auto'  # 'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:1', ...
-    preset: str | None = option(None, always=True, choices=lambda: tuple(PRESETS))  # the sizes: quick (minutes on a CPU; the command line's default), medium (the shipped losses, an hour or two on a CPU) or paper (SinGAN's, for a GPU)
-    log_every: int = 10  # iterations per flush of log.jsonl and per NaN check (one host sync each)
-    on_divergence: str = option('raise', choices=DIVERGENCE_ACTIONS)  # 'raise', or 'restart' a diverged scale with a lower lr
-    max_restarts: int = 2  # restarts of one scale before giving up
-    restart_lr_factor: float = 0.5  # factor of the lr at each restart
-    divergence_limit: float = 1e6  # a loss or gradient norm above this counts as divergence
-    arithmetic: str = option('singan', choices=ARITHMETICS)  # 'singan': SinGAN's pyramid, resizer and initialisation; 'v0': that of older runs, to resume them
-    _absent_means = {'arithmetic': 'v0'}  # a config saved before the field existed describes a 'v0' run
-    _command_words = ('mdf-loss', 'train')
-    _presets = PRESETS
-
-    def __post_init__(self):
-        self.betas, self.value_range = tuple(self.betas), tuple(self.value_range)
-        if isinstance(self.image, os.PathLike): self.image = str(self.image)
-        phase1 = task_names('phase1')
-        need(isinstance(self.task, str) and self.task in phase1,
-             f"task must be one of {', '.join(phase1)}; got {self.task!r}", 'task')
-        need(isinstance(self.distortion, dict),
-             f"distortion must be a dict of the task's parameters such as {{'sigma': 25}}; got {self.distortion!r}", 'distortion')
-        spec = get_task(self.task)
-        if not spec.open:
-            need(self.custom_fn is None, f"custom_fn is only for task {OPEN_TASK!r}, not {self.task!r}", 'custom_fn')
-            need(spec.phase1 != 'zero' or not self.distortion, f"distortion: task {self.task!r} takes no phase-1 parameters, "
-                 f"got {self.distortion}: its phase 1 injects nothing (z_k = 0)", 'distortion')
-            try: spec.make(**self.distortion)  # raises on a wrong or bad parameter
-            except (TypeError, ValueError) as e: raise ConfigError(str(e), 'distortion') from None
-        need(self.custom_fn is None or (isinstance(self.custom_fn, str) and ':' in self.custom_fn),
-             f"custom_fn must be 'module:function', got {self.custom_fn!r}", 'custom_fn')
-        need(self.image is None or isinstance(self.image, str), f"image must be a path or None, got {self.image!r}", 'image')
-        for names, ok, what in _NUMBERS:
-            for name in names: need(ok(getattr(self, name)), f"{name} must be {what}, got {getattr(self, name)!r}", name)
-        need(self.min_size >= 11, f"min_size must be at least 11 px (the critic's receptive field), got {self.min_size}",
-             'min_size')
-        need(self.max_size >= self.min_size, f"max_size ({self.max_size}) must be at least min_size ({self.min_size})",
-             'max_size')
-        need(is_number(self.scale_factor) and 0 < self.scale_factor < 1,
-             f"scale_factor must be in (0, 1), got {self.scale_factor!r}", 'scale_factor')
-        need(self.restart_lr_factor < 1, f"restart_lr_factor must be below 1 to lower the lr, got {self.restart_lr_factor}",
-             'restart_lr_factor')
-        need(is_number(self.lr_decay_at) and 0 <= self.lr_decay_at <= 1,
-             f"lr_decay_at must be a fraction in [0, 1], got {self.lr_decay_at!r}", 'lr_decay_at')
-        need(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
-             f"betas must be two numbers in [0, 1), got {self.betas!r}", 'betas')
-        need(len(self.value_range) == 2 and all(is_number(v) for v in self.value_range)
-             and self.value_range[0] < self.value_range[1],
-             f"value_range must be (low, high) with low < high, such as (-1, 1); got {self.value_range!r}", 'value_range')
-        need(isinstance(self.device, str), f"device must be a str such as 'auto', 'cpu' or 'cuda', got {self.device!r}",
-             'device')
-        need(isinstance(self.fixed_rec_noise, bool), f"fixed_rec_noise must be True or False, got {self.fixed_rec_noise!r}",
-             'fixed_rec_noise')
-        need(self.preset is None or self.preset in PRESETS,
-             f"preset must be one of {', '.join(PRESETS)} or None, got {self.preset!r}", 'preset')
-        need(self.on_divergence in DIVERGENCE_ACTIONS,
-             f"on_divergence must be one of {DIVERGENCE_ACTIONS}, got {self.on_divergence!r}", 'on_divergence')
-        need(self.arithmetic in ARITHMETICS, f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}", 'arithmetic')
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> TrainConfig:
-        "The config of preset `name` ('quick', 'medium' or 'paper'), with `overrides` applied."
-        need(name in PRESETS, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", 'preset')
-        return cls(**{**PRESETS[name], 'preset': name, **overrides})
-
-    def strength_name(self) -> str | None:
-        "The name of the task's strength parameter ('sigma' for denoising), or None."
-        strength = get_task(self.task).strength
-        return strength.name if strength is not None else None
-
-    def _command_base(self) -> TrainConfig:
-        return type(self).from_preset(self.preset or 'quick', task=self.task)
-
-# %% ../nbs/06_adversarial.ipynb
-def scale_sizes(cfg: TrainConfig, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-    "The (H, W) of every scale for an image of `image_size`, coarsest first."
-    if cfg.arithmetic == 'v0': return pyramid_sizes_v0(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor)
-    return singan_pyramid(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor).sizes
-
-def actual_scale_factor(cfg: TrainConfig, image_size: tuple[int, int]) -> float:
-    """The ratio between neighbouring scales that the pyramid really uses (SinGAN recomputes it so the coarsest side is
-    `min_size`)."""
-    if cfg.arithmetic != 'v0': return singan_pyramid(*image_size, cfg.min_size, cfg.max_size, cfg.scale_factor).factor
-    sizes = scale_sizes(cfg, image_size)
-    if len(sizes) < 2: return cfg.scale_factor
-    h, w = image_size
-    return (cfg.min_size/(min(h, w)*min(1.0, cfg.max_size/max(h, w))))**(1/(len(sizes) - 1))
-
-# %% ../nbs/06_adversarial.ipynb
-def real_pyramid(image: torch.Tensor, cfg: TrainConfig) -> list[torch.Tensor]:
-    "The training images of every scale, coarsest first, in `cfg.value_range` (`image`: 1 x 3 x H x W in [0, 1])."
-    low, high = cfg.value_range
-    if cfg.arithmetic == 'v0': return [resize(image, s)*(high - low) + low for s in scale_sizes(cfg, tuple(image.shape[-2:]))]
-    return singan_reals(image, cfg.min_size, cfg.max_size, cfg.scale_factor, cfg.value_range)
 
 # %% ../nbs/06_adversarial.ipynb
 def gradient_penalty(critic: Callable, # the critic: images -> score map
@@ -174,7 +38,8 @@ def gradient_penalty(critic: Callable, # the critic: images -> score map
                     ) -> torch.Tensor:
     """SinGAN's WGAN-GP term: `lambda_grad` times the mean over pixels of (channel-wise gradient norm - 1)^2 at a random
     mix of `real` and `fake`."""
-    if real.shape != fake.shape: raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
     dev = generator.device if generator is not None else real.device
     eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=dev).to(real)
     mix = (eps*real.detach() + (1 - eps)*fake.detach()).requires_grad_(True)
@@ -201,12 +66,16 @@ TERMS = {
 
 class TrainingDivergedError(RuntimeError):
     "A loss or gradient of phase 1 became NaN, Inf or too large; `scale`, `iteration`, `term` and `value` say where."
-    def __init__(self, scale: int, iteration: int, term: str, value: float, limit: float | None = None, lr: float | None = None):
+    def __init__(self, scale: int, iteration: int, term: str, value: float, limit: float | None = None,
+                 lr: float | None = None):
         self.scale, self.iteration, self.term, self.value, self.lr = scale, iteration, term, value, lr
-        what = f"is {value}" if not math.isfinite(value) else f"reached {value:.4g}, above the divergence limit {limit:g}"
-        super().__init__(f"training diverged at scale {scale}, iteration {iteration}: {term} ({TERMS.get(term, term)}) {what}"
+        what = (f"is {value}" if not math.isfinite(value)
+                else f"reached {value:.4g}, above the divergence limit {limit:g}")
+        super().__init__(f"training diverged at scale {scale}, iteration {iteration}: {term} "
+                         f"({TERMS.get(term, term)}) {what}"
                          + (f" with lr {lr:g}" if lr is not None else "")
-                         + ". Lower the learning rate (TrainConfig.lr), or set on_divergence='restart' to retry the scale with a lower one.")
+                         + ". Lower the learning rate (TrainConfig.lr), or set on_divergence='restart' to retry the "
+                           "scale with a lower one.")
 
 def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     "The 2-norm of all gradients of `module`, on its device (no host sync)."
@@ -247,7 +116,8 @@ def train_scale(k: int, # the scale to train
                 for group in opt.param_groups: group['lr'] = lr*cfg.lr_decay
         d_grad = g_grad = 0
         if redraw: rec_noise = pyr.noise(0, noise_amp, gen)
-        if not per_step: noise = pyr.noise(k, noise_amp, gen)  # SinGAN: one noise map per iteration, a new prev per critic step
+        # SinGAN: one noise map per iteration, a new prev per critic step
+        if not per_step: noise = pyr.noise(k, noise_amp, gen)
         for _ in range(cfg.d_steps):
             prev = pyr.sample_prev(k, gen)
             base = prev + pyr.z(prev, gen)
@@ -270,7 +140,8 @@ def train_scale(k: int, # the scale to train
         D.requires_grad_(True)
         terms = dict(d_real=d_real, d_fake=d_fake, gp=gp, d_grad=d_grad, g_loss=g_loss, rec=rec, g_grad=g_grad)
         if hook is not None: terms.update(hook(k, it, terms) or {})
-        buf.append(torch.stack([torch.as_tensor(terms[n], device=real.device).detach().float().reshape(()) for n in names]))
+        buf.append(torch.stack([torch.as_tensor(terms[n], device=real.device).detach().float().reshape(())
+                                for n in names]))
         times.append(time.perf_counter() - t0)
         if bar is not None: bar.update(1)
         if len(buf) == cfg.log_every or it == cfg.iters - 1:
@@ -285,7 +156,9 @@ def train_scale(k: int, # the scale to train
             if log is not None: log(rows)
             summary = {n: float(values[:, c].mean()) for c, n in enumerate(names)}
             summary['d_loss'] = summary['d_fake'] - summary['d_real'] + summary['gp']
-            if bar is not None: bar.set_postfix(d=f"{summary['d_loss']:.3f}", g=f"{summary['g_loss']:.3f}", rec=f"{summary['rec']:.3f}", refresh=False)
+            if bar is not None:
+                bar.set_postfix(d=f"{summary['d_loss']:.3f}", g=f"{summary['g_loss']:.3f}",
+                                rec=f"{summary['rec']:.3f}", refresh=False)
             buf, times = [], []
     G.eval(); D.eval()
     if redraw: pyr.z_opt = rec_noise/noise_amp  # the reconstruction noise is the last one drawn
@@ -299,14 +172,17 @@ def resolve_distortion(
     `cfg.custom_fn`."""
     spec = get_task(cfg.task)
     if not spec.open:
-        need(distortion is None, f"distortion= is only for task {OPEN_TASK!r}; for {cfg.task!r} set the parameters in TrainConfig.distortion")
+        need(distortion is None, f"distortion= is only for task {OPEN_TASK!r}; for {cfg.task!r} set the parameters "
+                                 "in TrainConfig.distortion")
         return Distortion('identity', {}, identity) if spec.phase1 == 'zero' else spec.make(**cfg.distortion)
     if distortion is None and resume_dir is not None:
-        raise ValueError(f"resuming a {OPEN_TASK!r} run needs its distortion from you: train(cfg, out, resume=True, distortion=my_distortion), "
-                         f"or on the command line --custom MODULE:FUNCTION again. The function named in {RunFolder(resume_dir).config} "
-                         f"({cfg.custom_fn!r}) is not imported, because a run folder may come from someone else and importing runs its code.")
+        raise ValueError(f"resuming a {OPEN_TASK!r} run needs its distortion from you: train(cfg, out, resume=True, "
+                         "distortion=my_distortion), or on the command line --custom MODULE:FUNCTION again. The "
+                         f"function named in {RunFolder(resume_dir).config} ({cfg.custom_fn!r}) is not imported, "
+                         "because a run folder may come from someone else and importing runs its code.")
     if distortion is None:
-        need(cfg.custom_fn is not None, f"task {OPEN_TASK!r} needs a distortion: train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
+        need(cfg.custom_fn is not None, f"task {OPEN_TASK!r} needs a distortion: "
+                                         "train(cfg, out, distortion=Distortion.custom(my_fn, ...)) "
                                          "or TrainConfig(custom_fn='module:function')")
         distortion = load_function(cfg.custom_fn, 'custom distortion')
     if isinstance(distortion, Distortion): return distortion
@@ -361,7 +237,8 @@ class PhaseOneRun:
     "One phase-1 run in its folder, step by step: set up, read back, train the scales, write the loss."
     def __init__(self, cfg: TrainConfig, out_dir, resume: bool = False, distortion: Distortion | Callable | None = None,
                  progress: bool = True, hook: Callable | None = None):
-        need(isinstance(cfg, TrainConfig), f"cfg must be a TrainConfig (see TrainConfig.from_preset), got {type(cfg).__name__}")
+        need(isinstance(cfg, TrainConfig),
+             f"cfg must be a TrainConfig (see TrainConfig.from_preset), got {type(cfg).__name__}")
         self.cfg, self.folder, self.resume, self.progress, self.hook = cfg, RunFolder(out_dir), resume, progress, hook
         self.dist = resolve_distortion(cfg, distortion, resume_dir=self.folder.path if resume else None)
         self.device = resolve_device(cfg.device)
@@ -395,8 +272,9 @@ class PhaseOneRun:
         theirs = info.get('fingerprint', {})
         if theirs != self.fingerprint:
             diff = sorted(n for n in set(self.fingerprint) | set(theirs) if self.fingerprint.get(n) != theirs.get(n))
-            hint = (" (a run made before SinGAN's arithmetic was adopted: resume it with TrainConfig(..., arithmetic='v0'), "
-                    f"or with `mdf-loss train --resume`, which reads {RunFolder.CONFIG})" if 'arithmetic' in diff else '')
+            hint = (" (a run made before SinGAN's arithmetic was adopted: resume it with "
+                    "TrainConfig(..., arithmetic='v0'), or with `mdf-loss train --resume`, which reads "
+                    f"{RunFolder.CONFIG})" if 'arithmetic' in diff else '')
             raise ValueError(
                 f"{path} was trained with other settings ({', '.join(diff)} differ){hint}; resume with the "
                 f"same settings (see {self.folder.config}) or start a new folder"
@@ -447,7 +325,8 @@ class PhaseOneRun:
                 if cfg.on_divergence != 'restart' or len(restarts) >= cfg.max_restarts: raise
                 restarts.append(dict(iteration=e.iteration, term=e.term, value=repr(e.value), lr=lr))
                 lr *= cfg.restart_lr_factor
-                warnings.warn(f"{e} Restarting scale {k} with lr {lr:g} (restart {len(restarts)} of at most {cfg.max_restarts}).")
+                warnings.warn(f"{e} Restarting scale {k} with lr {lr:g} "
+                              f"(restart {len(restarts)} of at most {cfg.max_restarts}).")
                 self.folder.trim_log(k)
             finally: bar.close()
 

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00a_configs.ipynb 3
 from __future__ import annotations
-import ast, dataclasses, functools, inspect, io, json, linecache, math, numbers, shlex, textwrap, tokenize, types, typing
+import ast, dataclasses, functools, inspect, io, json, linecache, math, numbers, shlex, textwrap, tokenize, types
+import typing
 from dataclasses import MISSING, dataclass, field
 
 # %% auto 0

@@ -4,7 +4,6 @@
 
 # %% ../nbs/05_loss.ipynb 3
 from __future__ import annotations
-import math
 import os
 import warnings
 from pathlib import Path
@@ -18,10 +17,11 @@ from .core import resize
 from .contract import ImageLoss, REDUCTIONS, check_pair, warn_at_caller
 from .blocks import SLOPE, TAPS, Discriminator, fold, folded_layers, tap_chain
 from .weights import available, pretrained_path, read_pretrained, read_weights, write_weights
+from .sampling import (SAMPLE_DESIGNS, ScaleSampler, discriminator_cost, inclusion_probabilities,
+                               systematic_sample)
 
 # %% auto 0
-__all__ = ['ASSUMED_SCALE_FACTOR', 'MODES', 'SAMPLE_DESIGNS', 'feature_distance', 'relative_scales', 'MDFLoss',
-           'discriminator_cost', 'inclusion_probabilities', 'systematic_sample', 'ScaleSampler', 'pixel_optimisation']
+__all__ = ['ASSUMED_SCALE_FACTOR', 'MODES', 'feature_distance', 'relative_scales', 'MDFLoss', 'pixel_optimisation']
 
 # %% ../nbs/05_loss.ipynb
 def feature_distance(x: torch.Tensor,  # output images, N x 3 x H x W
@@ -77,7 +77,9 @@ def relative_scales(meta: dict, n: int) -> list[tuple[float, float]]:
     "(height, width) factors from the finest training scale to each of the `n` discriminators' scales, coarsest first."
     sizes = meta.get('scale_sizes')
     if sizes:
-        if len(sizes) != n: raise ValueError(f"meta['scale_sizes'] has {len(sizes)} sizes for {n} discriminators; the weight file is inconsistent")
+        if len(sizes) != n:
+            raise ValueError(f"meta['scale_sizes'] has {len(sizes)} sizes for {n} discriminators; "
+                             "the weight file is inconsistent")
         fh, fw = sizes[-1]
         return [(h/fh, w/fw) for h, w in sizes]
     f = meta.get('scale_factor') or ASSUMED_SCALE_FACTOR
@@ -98,7 +100,8 @@ def _weights(values, n: int, what: str) -> torch.Tensor:
     if values is None: return torch.ones(n)
     t = torch.as_tensor(values, dtype=torch.float32).flatten()
     if t.numel() != n: raise ValueError(f"{what} needs {n} values, got {t.numel()}")
-    if not torch.isfinite(t).all() or (t < 0).any(): raise ValueError(f"{what} must be finite and non-negative, got {t.tolist()}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{what} must be finite and non-negative, got {t.tolist()}")
     return t
 
 # %% ../nbs/05_loss.ipynb
@@ -140,7 +143,8 @@ class _Files:
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> MDFLoss:
         "A loss that ships with the package, by name (see `MDFLoss.available()`); `kwargs` go to the constructor."
-        if isinstance(name, os.PathLike) or (isinstance(name, str) and (name.endswith(('.safetensors', '.pth', '.pt')) or os.sep in name)):
+        a_path = isinstance(name, str) and (name.endswith(('.safetensors', '.pth', '.pt')) or os.sep in name)
+        if isinstance(name, os.PathLike) or a_path:
             hint = (f"MDFLoss.load({str(name)!r})" if not str(name).endswith(('.pth', '.pt')) else
                     f"`mdf-loss convert-official {name} loss.safetensors`, then MDFLoss.load('loss.safetensors')")
             raise ValueError(f"from_pretrained takes the name of a shipped loss, one of {available()}; "
@@ -167,25 +171,35 @@ class MDFLoss(_Geometry, _Files, ImageLoss):
                  reduction: str = 'mean',  # 'mean' over the batch, 'sum', or 'none' for one value per image
                  scale_weights: Sequence[float] | None = None,  # one weight per used scale (default 1)
                  layer_weights: Sequence[float] | None = None,  # one weight per tap: head, body, tail (default 1)
-                 mode: str = 'exact',  # 'exact': the reference formula; 'pyramid': each D_k at its training scale (faster, experimental)
+                 # 'exact': the reference formula; 'pyramid': each D_k at its training scale (faster, experimental)
+                 mode: str = 'exact',
                  meta: dict | None = None,  # description of how the discriminators were made (saved with them)
-                 validate: bool = True,  # check input values (NaN/Inf, range); one host sync per call (pass False to torch.compile with fullgraph=True)
-                 dtype: torch.dtype | None = None,  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
+                 # check input values (NaN/Inf, range); one host sync per call (pass False to torch.compile with
+                 # fullgraph=True)
+                 validate: bool = True,
+                 # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
+                 dtype: torch.dtype | None = None,
                  compile: bool = False,  # compile the per-discriminator function with torch.compile
-                 sample: float | None = None,  # (or a `ScaleSampler`, defined further down, of your design) evaluate a random subset of the scales costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation")
-                 generator: torch.Generator | None = None):  # CPU generator of the draws of `sample` (default: seeded from torch.initial_seed())
+                 # (or a `ScaleSampler`, defined further down, of your design) evaluate a random subset of the scales
+                 # costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation")
+                 sample: float | None = None,
+                 # CPU generator of the draws of `sample` (default: seeded from torch.initial_seed())
+                 generator: torch.Generator | None = None):
         super().__init__(reduction)
         ds = list(discriminators)
         if not ds or not all(isinstance(d, Discriminator) for d in ds):
             raise TypeError("discriminators must be a non-empty sequence of mdf_loss.blocks.Discriminator")
         num_scales = min(8, len(ds)) if num_scales is None else num_scales
         if not 1 <= num_scales <= len(ds):
-            raise ValueError(f"num_scales must be between 1 and {len(ds)} (the discriminators available), got {num_scales}")
+            raise ValueError(f"num_scales must be between 1 and {len(ds)} (the discriminators available), "
+                             f"got {num_scales}")
         if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, or None, got {dtype!r}")
+            raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, or None, "
+                            f"got {dtype!r}")
         if generator is not None and sample is None:
-            raise ValueError("generator= drives the random draws of sample=; pass sample= too (e.g. sample=0.25), or drop generator=")
+            raise ValueError("generator= drives the random draws of sample=; pass sample= too (e.g. sample=0.25), "
+                             "or drop generator=")
         self.discriminators = nn.ModuleList(ds)
         self.num_scales, self.mode, self.validate = num_scales, mode, validate
         self.dtype, self.compiled = dtype, compile  # not `self.compile`: that would hide nn.Module.compile
@@ -195,9 +209,11 @@ class MDFLoss(_Geometry, _Files, ImageLoss):
         self._scale_floats, self._layer_floats = tuple(self.scale_weights.tolist()), tuple(self.layer_weights.tolist())
         self.scales = relative_scales(self.meta, len(ds))[:num_scales] if mode == 'pyramid' else [(1.0, 1.0)]*num_scales
         for p in self.parameters(): p.requires_grad_(False)
-        for k, d in enumerate(ds[:num_scales]):  # BatchNorm folded: non-persistent channels-last buffers that follow .to()
+        # BatchNorm folded: non-persistent channels-last buffers that follow .to()
+        for k, d in enumerate(ds[:num_scales]):
             for j, (w, b) in enumerate(fold(d)):
-                self.register_buffer(f'_w{k}_{j}', w.to(d.tail.weight.device).contiguous(memory_format=torch.channels_last), persistent=False)
+                w = w.to(d.tail.weight.device).contiguous(memory_format=torch.channels_last)
+                self.register_buffer(f'_w{k}_{j}', w, persistent=False)
                 self.register_buffer(f'_b{k}_{j}', b.to(d.tail.weight.device), persistent=False)
         self._distance = torch.compile(feature_distance, dynamic=False) if compile else feature_distance
         self._warned, self._cost_cache = False, {}
@@ -293,159 +309,14 @@ class MDFLoss(_Geometry, _Files, ImageLoss):
 
     def extra_repr(self) -> str:
         sample = self.sampler
-        if sample is not None and repr(sample) == repr(ScaleSampler(sample.fraction)): sample = sample.fraction  # default design
+        # default design
+        if sample is not None and repr(sample) == repr(ScaleSampler(sample.fraction)): sample = sample.fraction
         extra = dict(dtype=self.dtype, compile=self.compiled, sample=sample)
         extra = ''.join(f', {k}={v!r}' for k, v in extra.items() if v)
         return (f"num_scales={self.num_scales}, available={len(self.discriminators)}, reduction={self.reduction!r}, "
                 f"mode={self.mode!r}, task={self.meta.get('task')!r}{extra}")
 
 # %% ../nbs/05_loss.ipynb
-def discriminator_cost(weights: Sequence[torch.Tensor],  # the convolution weights of one discriminator, input side first
-                       h: int, w: int) -> float:  # the input's size
-    "Multiply-adds of one pass of a chain of valid convolutions with these weights over an `h` x `w` input."
-    cost, rh, rw = 0.0, 1, 1
-    for wt in weights:
-        rh, rw = rh + wt.shape[-2] - 1, rw + wt.shape[-1] - 1
-        cost += wt[0].numel()*wt.shape[0]*max(h - rh + 1, 0)*max(w - rw + 1, 0)
-    return cost
-
-# %% ../nbs/05_loss.ipynb
-# m_k > 0 for every scale with a cost: its share of the gradient
-def inclusion_probabilities(importance: Sequence[float],  # m_k > 0 for every scale with a cost: its share of the gradient
-                            costs: Sequence[float],  # c_k >= 0; a scale of cost 0 gets probability 0
-                            fraction: float,  # F in (0, 1]: the expected cost, as a fraction of sum(costs)
-                            always: Sequence[int] = (),  # scales given probability 1 whatever their share; the rest share what is left
-                            ) -> list[float]:
-    "p_k proportional to m_k/sqrt(c_k), at most 1 (exactly 1 for `always`), with sum(p_k c_k) = fraction*sum(c_k)."
-    m = torch.as_tensor(importance, dtype=torch.float64); c = torch.as_tensor(costs, dtype=torch.float64)
-    live = c > 0
-    if (m[live] <= 0).any():
-        raise ValueError("every scale with a cost needs a positive importance: one that is never drawn would bias the estimate")
-    base = torch.where(live, m/c.clamp(min=1e-300).sqrt(), 0.0)
-    budget, full = fraction*c.sum(), torch.zeros_like(live)
-    full[list(always)] = True
-    full &= live
-    if c[full].sum() > budget*(1 + 1e-12):
-        raise ValueError(f"the scales always evaluated ({sorted(always)}) cost {float(c[full].sum()/c.sum()):.3f} of the exact "
-                         f"loss, more than the budget {fraction}: raise the fraction or evaluate fewer scales always")
-    while True:  # each round fixes at least one more p_k at 1
-        free = live & ~full
-        p = full.double()
-        if free.any(): p = p + torch.where(free, base*(budget - c[full].sum())/(base*c)[free].sum(), 0.0)
-        over = p > 1
-        if not over.any(): return p.tolist()
-        full |= over
-
-
-# %% ../nbs/05_loss.ipynb
-def systematic_sample(p: Sequence[float],  # inclusion probabilities, each in [0, 1]
-                      generator: torch.Generator | None = None) -> list[int]:
-    "Sorted indices drawn with inclusion probabilities exactly `p`, by randomised systematic sampling."
-    order = torch.randperm(len(p), generator=generator).tolist()
-    u = torch.rand((), dtype=torch.float64, generator=generator).item()
-    chosen, edge = [], 0.0
-    for k in order:
-        if p[k] >= 1: chosen.append(k); continue
-        lo, edge = edge, edge + p[k]
-        if math.ceil(edge - u) > math.ceil(lo - u): chosen.append(k)  # a point u + integer falls in [lo, edge)
-    return sorted(chosen)
-
-# %% ../nbs/05_loss.ipynb
-SAMPLE_DESIGNS = ('systematic', 'poisson', 'stratified')
-
-def _stream_picks(p: float, n: int, phase: float) -> tuple[list[int], float]:
-    "The units of `n` in a row that a point of phase + Z falls in, each unit of length `p`; and the phase after them."
-    picks = [j for j in range(n) if math.floor(phase + (j + 1)*p) > math.floor(phase + j*p)]
-    return picks, (phase + n*p) % 1.0
-
-class ScaleSampler:
-    """The scales (and images) each call evaluates: probabilities from their costs and running gradient shares, then a
-    draw."""
-    def __init__(self,
-                 fraction: float,  # expected cost per call, as a fraction of the exact loss's: in (0, 1]
-                 generator: torch.Generator | None = None,  # CPU generator (default: a new one seeded with torch.initial_seed())
-                 momentum: float = 0.1,  # weight of a new observation in the running gradient shares
-                 floor: float = 0.1,  # no share below this fraction of their mean
-                 design: str = 'systematic',  # 'systematic' (balanced within a call), 'poisson' (independent), 'stratified' (balanced across calls)
-                 per_image: bool = True,  # draw for each image of the batch on its own (False: one draw for the whole batch, as in 0.2)
-                 always: Sequence[int] | str = ()):  # scales evaluated on every call; 'narrow': those costing at most half the dearest
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise TypeError(f"sample must be a number in (0, 1], the expected cost as a fraction of the exact loss's "
-                            f"(e.g. sample=0.25), a ScaleSampler, or None for the exact loss; got {fraction!r}")
-        if not 0 < fraction <= 1:
-            raise ValueError(f"sample must be in (0, 1]: 0.25 costs a quarter of the exact loss on average, "
-                             f"1 is the exact loss; got {fraction}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0); got {type(generator).__name__}")
-        if generator is not None and generator.device.type != 'cpu':
-            raise ValueError(f"generator must live on the CPU (torch.Generator()): the draws are made there whatever "
-                             f"the loss's device; got {generator.device}")
-        if design not in SAMPLE_DESIGNS: raise ValueError(f"design must be one of {SAMPLE_DESIGNS}, got {design!r}")
-        if not (0 < momentum <= 1 and 0 < floor <= 1):
-            raise ValueError(f"momentum and floor must be in (0, 1], got {momentum} and {floor}")
-        indices = not isinstance(always, str) and all(isinstance(k, int) and k >= 0 for k in always)
-        if always != 'narrow' and not indices:
-            raise ValueError(f"always must be 'narrow' or a sequence of scale indices, got {always!r}")
-        self.fraction, self.momentum, self.floor, self.design = float(fraction), momentum, floor, design
-        self.per_image, self.always = bool(per_image), always if isinstance(always, str) else tuple(always)
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed())
-        self.importance: torch.Tensor | None = None  # running gradient norm of each scale; None until calibrated
-        self.phases: dict[int, float] = {}  # 'stratified': where each scale's stream of draws stands
-
-    DEFAULTS = dict(per_image=True, always=())
-
-    def always_of(self, costs: Sequence[float]) -> list[int]:
-        "The scales evaluated on every call, for these costs."
-        if self.always != 'narrow': return [k for k in self.always if k < len(costs)]
-        top = max(costs, default=0.0)
-        return [k for k, c in enumerate(costs) if 0 < c <= top/2]
-
-    def probabilities(self, costs: Sequence[float]) -> list[float]:
-        "The inclusion probability of each scale in the next call (all 1 until calibrated)."
-        if self.importance is None: return [1.0 if c > 0 else 0.0 for c in costs]
-        live = torch.as_tensor(costs, dtype=torch.float64) > 0
-        mean = self.importance[live].mean() if live.any() else torch.tensor(0.0, dtype=torch.float64)
-        m = self.importance.clamp(min=float(self.floor*mean)) if mean > 0 else torch.ones_like(self.importance)
-        return inclusion_probabilities(m, costs, self.fraction, self.always_of(costs))
-
-    def draw(self, p: Sequence[float], n: int = 1) -> dict[int, torch.Tensor | None]:
-        """The scales to evaluate, each with probability `p[k]`, mapped to the images of a batch of `n` (None: all of
-        them)."""
-        g = self.generator
-        if not self.per_image and self.design == 'systematic': return dict.fromkeys(systematic_sample(p, g))
-        chosen = {}
-        for k, pk in enumerate(p):
-            if pk >= 1: chosen[k] = None; continue
-            if pk <= 0: continue
-            units = n if self.per_image else 1
-            if self.design == 'poisson':
-                picks = (torch.rand(units, dtype=torch.float64, generator=g) < pk).nonzero().flatten().tolist()
-            else:
-                phase = self.phases.get(k)
-                if phase is None or self.design == 'systematic':
-                    phase = torch.rand((), dtype=torch.float64, generator=g).item()
-                picks, after = _stream_picks(pk, units, phase)
-                if self.design == 'stratified': self.phases[k] = after
-            if not picks: continue
-            if not self.per_image or len(picks) == n: chosen[k] = None; continue  # None: the whole batch
-            order = torch.randperm(n, generator=g)  # which image takes which place in the stream
-            chosen[k] = order[picks].sort().values
-        return chosen
-
-    def update(self, norms: dict[int, float], n: int) -> None:
-        "Fold in the gradient norms of the scales just evaluated (`{scale: norm}`), of `n` scales in all."
-        if not norms: return
-        if self.importance is None:  # calibration: every scale was evaluated
-            self.importance = torch.zeros(n, dtype=torch.float64)
-            for k, v in norms.items(): self.importance[k] = v
-        elif self.design != 'stratified':  # stratified draws need fixed probabilities to keep each call unbiased
-            for k, v in norms.items(): self.importance[k] += self.momentum*(v - self.importance[k])
-
-    def __repr__(self) -> str:
-        options = dict(per_image=self.per_image, always=self.always)
-        extra = ''.join(f', {k}={v!r}' for k, v in options.items() if v != ScaleSampler.DEFAULTS[k])
-        return f"ScaleSampler(fraction={self.fraction}, design={self.design!r}{extra})"
-
 def _norm_recorder(fn, norms: dict, k: int, share: float = 1.0):
     "`fn` (a `feature_distance`) that also stores in `norms[k]` its gradient's L2 norm over sqrt(`share` of the batch)."
     def run(x, y, params, tap_weights, need_grad=True):

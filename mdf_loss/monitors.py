@@ -19,7 +19,8 @@ from .loss import MDFLoss
 from .adversarial import TrainConfig, scale_sizes
 from .baselines import get_loss
 from .runs import RunFolder
-from .widgets import App, W, Figure, THREADS, figure_png, prepare_image, running_loop, torch_threads
+from .apps import App, W, Figure, THREADS, figure_png, running_loop, torch_threads
+from .widgets import prepare_image
 
 _tm = require('torchmetrics.functional.image', 'widgets')
 

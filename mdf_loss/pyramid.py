@@ -136,7 +136,7 @@ def singan_reals(image: torch.Tensor, # 1 x 3 x H x W in [0, 1], as `load_image`
 class Pyramid:
     "The trained, frozen scales of a run: real images, generators, noise amplitudes and the fixed coarsest noise."
     def __init__(self, reals: list[torch.Tensor], task: str, distortion: Distortion, value_range=(-1.0, 1.0),
-                 factor: float | None = None):  # SinGAN's ratio between levels; None: plain bicubic resizing ('v0' runs)
+                 factor: float | None = None):  # SinGAN's ratio between levels; None: plain bicubic ('v0' runs)
         self.reals, self.task, self.distortion = reals, task, distortion
         self.value_range, self.factor = tuple(value_range), factor
         self.generators: list[Generator] = []

@@ -4,190 +4,27 @@
 
 # %% ../nbs/11_widgets.ipynb 3
 from __future__ import annotations
-import asyncio, base64, html, io, math, os, time
-from contextlib import contextmanager
+import html, io, math, os
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image as PILImage
 
 from .core import load_image, bundled_image_path, to_pil, resize
 from .runtime import require
 from .tasks import DEFAULT_TASK, get_task, task_names
 from .loss import MDFLoss
 from .baselines import get_loss
+# Stepper, stack_png and running_loop are imported for the old paths (mdf_loss.widgets.Stepper, ...)
+from .apps import (W, Figure, THREADS, App, Stepper, figure_png, image_png, stack_png, running_loop,
+                           torch_threads)
 
-W = require('ipywidgets', 'widgets')
-Figure = require('matplotlib.figure', 'widgets').Figure
-FigureCanvasAgg = require('matplotlib.backends.backend_agg', 'widgets').FigureCanvasAgg
 _tm = require('torchmetrics.functional.image', 'widgets')
 
 # %% auto 0
-__all__ = ['W', 'Figure', 'FigureCanvasAgg', 'THREADS', 'LAYERS', 'LAYER_COLORS', 'figure_png', 'image_png', 'stack_png',
-           'torch_threads', 'running_loop', 'Stepper', 'App', 'resolve_loss', 'loss_options', 'prepare_image',
-           'widget_tasks', 'distort', 'DistortionExplorer', 'distortion_explorer', 'FeatureViewer', 'feature_viewer']
-
-# %% ../nbs/11_widgets.ipynb
-def figure_png(fig: Figure, dpi: int = 72) -> bytes:
-    "PNG bytes of a matplotlib `Figure`, drawn off-screen."
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-    return buf.getvalue()
-
-def image_png(x: torch.Tensor, zoom: int = 1) -> bytes:
-    "PNG bytes of one 1 x 3 x H x W image in [0,1], enlarged `zoom` times (nearest neighbour)."
-    img = to_pil(x)
-    if zoom > 1: img = img.resize((img.width*zoom, img.height*zoom), PILImage.NEAREST)
-    buf = io.BytesIO(); img.save(buf, format='PNG')
-    return buf.getvalue()
-
-def stack_png(pictures: list[bytes], gap: int = 6, colors: int | None = None) -> bytes:
-    "One PNG with `pictures` (PNG bytes) stacked top to bottom on white; `colors` reduces it to a palette of that many."
-    imgs = [PILImage.open(io.BytesIO(p)).convert('RGB') for p in pictures]
-    canvas = PILImage.new('RGB', (max(i.width for i in imgs), sum(i.height for i in imgs) + gap*(len(imgs) - 1)), 'white')
-    y = 0
-    for i in imgs: canvas.paste(i, (0, y)); y += i.height + gap
-    if colors: canvas = canvas.quantize(colors, method=PILImage.Quantize.MEDIANCUT)
-    buf = io.BytesIO(); canvas.save(buf, format='PNG', optimize=bool(colors))
-    return buf.getvalue()
-
-# %% ../nbs/11_widgets.ipynb
-THREADS = 1  # torch threads while a widget computes; None leaves torch's setting
-
-@contextmanager
-def torch_threads(n: int | None):
-    "Run the block with `n` torch threads (None: unchanged), restoring the count afterwards."
-    old = torch.get_num_threads()
-    if n is not None and n != old: torch.set_num_threads(n)
-    try: yield
-    finally:
-        if torch.get_num_threads() != old: torch.set_num_threads(old)
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    "The running asyncio event loop (a live Jupyter kernel has one), or None."
-    try: return asyncio.get_running_loop()
-    except RuntimeError: return None
-
-class Stepper:
-    "Runs jobs written as generators of small steps: at once, or in the background of a running event loop."
-    def __init__(self,
-                 delay: float | None = 0.1,  # seconds of quiet before a background job starts; None: always run at once
-                 on_error: Callable[[Exception], None] | None = None,  # receives a job's exception
-                 on_done: Callable[[], None] | None = None,  # called after a job completes
-                 threads: int | None = 1):  # torch threads while a step runs; None: torch's setting
-        self.delay, self.on_error, self.on_done, self.threads, self.task, self.runs = delay, on_error, on_done, threads, None, 0
-
-    def start(self, job: Callable[[], Iterator]):
-        "Run `job()`, in the background if an event loop runs, cancelling the job before."
-        self.cancel()
-        loop = running_loop()
-        if loop is None or self.delay is None: return self.run_now(job)
-        self.task = loop.create_task(self._background(job))
-
-    def run_now(self, job: Callable[[], Iterator]):
-        "Run `job()` to the end now, cancelling any background job."
-        self.cancel()
-        try:
-            with torch_threads(self.threads):
-                for _ in job(): pass
-        except Exception as e:
-            if self.on_error is not None: self.on_error(e)
-            raise
-        self._done()
-
-    def _done(self):
-        self.runs += 1
-        if self.on_done is not None: self.on_done()
-
-    async def _background(self, job):
-        await asyncio.sleep(self.delay)
-        try:
-            steps = job()
-            while True:
-                with torch_threads(self.threads):  # only while a step runs: other code shares the thread count
-                    if next(steps, StopIteration) is StopIteration: break
-                await asyncio.sleep(0)
-        except Exception as e:
-            if self.on_error is None: raise
-            self.on_error(e); return
-        self._done()
-
-    def cancel(self):
-        "Stop the pending or running background job at its next step."
-        if self.busy: self.task.cancel()
-
-    @property
-    def busy(self) -> bool:
-        "Whether a background job is pending or running."
-        return self.task is not None and not self.task.done()
-
-    async def settled(self, timeout: float = 120):
-        "Wait until no background job is pending or running."
-        deadline = time.monotonic() + timeout
-        while self.busy:
-            left = deadline - time.monotonic()
-            if left <= 0: raise TimeoutError(f"a widget job was still running after {timeout} s")
-            await asyncio.wait({self.task}, timeout=left)
-
-# %% ../nbs/11_widgets.ipynb
-class App(W.VBox):
-    "A VBox app with a status line, errors shown rather than lost, and a PNG snapshot for static notebook viewers."
-    def __init__(self, children, delay: float | None = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.status = W.HTML()
-        self.error, self._quiet = None, 0
-        self.stepper = Stepper(delay, on_error=self.show_error, on_done=self.clear_error, threads=THREADS)
-        self.children = list(children) + [self.status]
-
-    @contextmanager
-    def quiet(self):
-        "Change controls inside this block without starting updates."
-        self._quiet += 1
-        try: yield
-        finally: self._quiet -= 1
-
-    def _changed(self, change=None):
-        if not self._quiet: self.stepper.start(self._job)
-
-    def show_error(self, e: Exception):
-        "Record `e` and show it in the status line."
-        self.error = e
-        self.status.value = f'<span style="color:#b00020">{html.escape(type(e).__name__)}: {html.escape(str(e))}</span>'
-
-    def clear_error(self):
-        "Clear the status line."
-        if self.error is not None or self.status.value: self.error = None; self.status.value = ''
-
-    @property
-    def updates(self) -> int:
-        "How many updates have completed."
-        return self.stepper.runs
-
-    async def settled(self, timeout: float = 120):
-        "Wait until no update is pending or running."
-        await self.stepper.settled(timeout)
-
-    def pictures(self) -> list[bytes]:
-        "PNG bytes of the app's current figures (for the snapshot)."
-        return []
-
-    def snapshot(self, colors: int | None = None) -> bytes:
-        "One PNG of the app's current figures; `colors` makes it a smaller palette image."
-        return stack_png(self.pictures(), colors=colors)
-
-    def _repr_mimebundle_(self, **kwargs):
-        data = super()._repr_mimebundle_(**kwargs)
-        if data is not None and self.pictures():  # a palette PNG keeps saved notebooks small
-            data['image/png'] = base64.b64encode(self.snapshot(colors=128)).decode('ascii')
-        return data
-
-    def close(self):
-        "Cancel any background update, then close the widgets."
-        if getattr(self, 'stepper', None) is not None: self.stepper.cancel()  # absent if __init__ raised
-        super().close()
+__all__ = ['LAYERS', 'LAYER_COLORS', 'resolve_loss', 'loss_options', 'prepare_image', 'widget_tasks', 'distort',
+           'DistortionExplorer', 'distortion_explorer', 'FeatureViewer', 'feature_viewer']
 
 # %% ../nbs/11_widgets.ipynb
 def resolve_loss(spec) -> MDFLoss:
@@ -200,7 +37,8 @@ def resolve_loss(spec) -> MDFLoss:
         if isinstance(loss, MDFLoss): return loss
         raise ValueError(f"{spec!r} is a registered loss but not an MDF loss, and the explorers show discriminators; "
                          f"give an MDF loss ({', '.join(MDFLoss.available())}) or a .safetensors file")
-    raise TypeError(f"a loss must be an MDFLoss, a registered MDF loss name or a .safetensors path, got {type(spec).__name__}")
+    raise TypeError("a loss must be an MDFLoss, a registered MDF loss name or a .safetensors path, "
+                    f"got {type(spec).__name__}")
 
 def loss_options(loss=None) -> dict:
     "Label -> loss (or name or path) for the loss picker: every shipped loss by default."
@@ -211,7 +49,8 @@ def loss_options(loss=None) -> dict:
     if isinstance(loss, MDFLoss): return {f"given loss ({loss.meta.get('task') or 'unknown task'})": loss}
     if isinstance(loss, (str, os.PathLike)):
         return {str(loss) if str(loss) in MDFLoss.available() else Path(loss).name: loss}
-    raise TypeError(f"loss must be an MDFLoss, a shipped name, a .safetensors path or a dict of them, got {type(loss).__name__}")
+    raise TypeError("loss must be an MDFLoss, a shipped name, a .safetensors path or a dict of them, "
+                    f"got {type(loss).__name__}")
 
 # %% ../nbs/11_widgets.ipynb
 def prepare_image(src, size: int) -> torch.Tensor:
@@ -234,11 +73,16 @@ def widget_tasks() -> dict[str, str]:
     "The picker's options: a label -> task name, for every registered task the widgets can show."
     return {get_task(t).title: t for t in task_names('widgets')}
 
+def _check_strength(strength):
+    if not isinstance(strength, int) or not 0 <= strength <= 10:
+        raise ValueError(f"strength must be an int 0 (clean) .. 10, got {strength!r}")
+
 def distort(x: torch.Tensor, task: str, strength: int, seed: int = 0) -> tuple[torch.Tensor, str]:
     "`x` distorted by `task` at slider position `strength` 0..10, and a description of it."
     spec = get_task(task)
-    if not spec.can('widgets'): raise ValueError(f"task {spec.name!r} has no widget steps; choose one of {', '.join(task_names('widgets'))}")
-    if not isinstance(strength, int) or not 0 <= strength <= 10: raise ValueError(f"strength must be an int 0 (clean) .. 10, got {strength!r}")
+    if not spec.can('widgets'):
+        raise ValueError(f"task {spec.name!r} has no widget steps; choose one of {', '.join(task_names('widgets'))}")
+    _check_strength(strength)
     if strength == 0: return x.clone(), 'clean (strength 0)'
     v = spec.widget_steps[strength - 1]
     return spec.distort(x, v, seed), f"{spec.title}, {spec.strength.label(v)}"
@@ -250,12 +94,16 @@ LAYER_COLORS = ('#4c72b0', '#dd8452', '#55a868')
 def _distortion_controls(distortion: str, strength: int) -> tuple[W.Dropdown, W.IntSlider, W.HTML]:
     "The distortion picker, the strength slider (0..10) and the label that says what the strength means."
     options = widget_tasks()
-    if distortion not in options.values(): raise ValueError(f"unknown distortion {distortion!r}; choose one of {', '.join(options.values())}")
-    if not isinstance(strength, int) or not 0 <= strength <= 10: raise ValueError(f"strength must be an int 0..10, got {strength!r}")
+    if distortion not in options.values():
+        raise ValueError(f"unknown distortion {distortion!r}; choose one of {', '.join(options.values())}")
+    _check_strength(strength)
     picker = W.Dropdown(options=options, value=distortion, description='distortion')
     slider = W.IntSlider(value=strength, min=0, max=10, description='strength', continuous_update=False)
     slider.add_class('mdf-strength')
     return picker, slider, W.HTML()
+
+def _check_size(size):
+    if not isinstance(size, int) or size < 32: raise ValueError(f"size must be an int of at least 32 px, got {size!r}")
 
 def _fmt(v: float) -> str:
     return '∞' if math.isinf(v) else f'{v:.4g}'
@@ -265,15 +113,17 @@ class DistortionExplorer(App):
     "Distort an image and watch the MDF loss split by scale and layer, beside L2 and SSIM."
     def __init__(self, loss=None, image=None, size: int = 96, distortion: str = DEFAULT_TASK, strength: int = 3,
                  delay: float | None = 0.1):
-        if not isinstance(size, int) or size < 32: raise ValueError(f"size must be an int of at least 32 px, got {size!r}")
+        _check_size(size)
         self.size, self.options = size, loss_options(loss)
         self.losses, self.clean_features, self.history = {}, {}, {}
-        self.images = {'coffee (bundled)' if image is None else 'your image': prepare_image(bundled_image_path() if image is None else image, size)}
+        label = 'coffee (bundled)' if image is None else 'your image'
+        self.images = {label: prepare_image(bundled_image_path() if image is None else image, size)}
         self.loss_picker = W.Dropdown(options=list(self.options), description='loss')
         self.weights_path = W.Text(placeholder='path/to/loss.safetensors', description='weight file')
         self.load_button = W.Button(description='Load', tooltip='add the weight file to the loss picker')
         self.image_picker = W.Dropdown(options=list(self.images), description='image')
-        self.upload = W.FileUpload(accept='image/*', multiple=False, description='Upload image', tooltip='choose an image file to distort')
+        self.upload = W.FileUpload(accept='image/*', multiple=False, description='Upload image',
+                                   tooltip='choose an image file to distort')
         self.distortion, self.strength, self.parameter = _distortion_controls(distortion, strength)
         self.picture, self.chart = W.Image(format='png'), W.Image(format='png')
         self.readout = W.HTML(); self.readout.add_class('mdf-loss-value')
@@ -283,7 +133,8 @@ class DistortionExplorer(App):
                           W.HBox([self.distortion, self.strength, self.parameter]),
                           W.HBox([self.picture, self.readout]), self.chart], delay=delay)
         self.add_class('mdf-explorer')
-        for w in (self.loss_picker, self.image_picker, self.distortion, self.strength): w.observe(self._changed, 'value')
+        for w in (self.loss_picker, self.image_picker, self.distortion, self.strength):
+            w.observe(self._changed, 'value')
         self.upload.observe(self._uploaded, 'value')
         self.load_button.on_click(self._load_file)
         self.refresh()
@@ -356,7 +207,8 @@ class DistortionExplorer(App):
         self.chart.value = self._draw(terms, self.history[(label, image_label, name)], level)
         self.readout.value = (f"<div style='padding-left:1em'><p>MDF loss <b class='mdf-value'>{_fmt(value)}</b><br>"
                               f"<small>{html.escape(label)}, {crit.num_scales} scales</small></p>"
-                              f"<p>L2 (MSE) <b>{_fmt(l2)}</b><br>SSIM <b>{ssim:.4f}</b><br>PSNR <b>{_fmt(psnr)}</b> dB</p>"
+                              f"<p>L2 (MSE) <b>{_fmt(l2)}</b><br>SSIM <b>{ssim:.4f}</b><br>"
+                              f"PSNR <b>{_fmt(psnr)}</b> dB</p>"
                               f"<p><small>left: clean, right: distorted</small></p></div>")
 
     def _draw(self, terms: torch.Tensor, seen: dict, level: int) -> bytes:
@@ -366,14 +218,16 @@ class DistortionExplorer(App):
         for j, (name, color) in enumerate(zip(LAYERS, LAYER_COLORS)):
             ax.bar(np.arange(len(t)), t[:, j], bottom=bottom, color=color, label=name); bottom += t[:, j]
         ax.set(xlabel='scale k (0 = coarsest-trained discriminator)', ylabel='mean squared feature difference',
-               title=f'MDF loss {_fmt(self.loss_value)} by scale and layer\n{self.loss_picker.value}; {self.parameter.value}', xticks=np.arange(len(t)))
+               title=f'MDF loss {_fmt(self.loss_value)} by scale and layer\n'
+                     f'{self.loss_picker.value}; {self.parameter.value}', xticks=np.arange(len(t)))
         ax.legend(fontsize=8)
         levels = sorted(seen)
         for i, (name, color) in enumerate(zip(('MDF', 'L2', '1 - SSIM'), ('#c44e52', '#8172b2', '#937860'))):
             v = np.array([seen[s][i] for s in levels]); top = v.max()
             curve.plot(levels, v/top if top > 0 else v, 'o-', color=color, label=name)
         curve.axvline(level, color='gray', lw=0.8, ls='--')
-        curve.set(xlim=(-0.5, 10.5), ylim=(-0.05, 1.05), xlabel=f'strength (slider position) of {get_task(self.distortion.value).title}',
+        curve.set(xlim=(-0.5, 10.5), ylim=(-0.05, 1.05),
+                  xlabel=f'strength (slider position) of {get_task(self.distortion.value).title}',
                   ylabel='value / largest seen', title='each loss at the strengths visited so far')
         curve.legend(fontsize=8)
         return figure_png(fig)
@@ -381,11 +235,11 @@ class DistortionExplorer(App):
     def pictures(self) -> list[bytes]:
         return [self.picture.value, self.chart.value]
 
-# an MDFLoss, a shipped name, a weight file, or a dict label -> one; None: every shipped loss
-def distortion_explorer(loss=None,  # an MDFLoss, a shipped name, a weight file, or a dict label -> one; None: every shipped loss
+def distortion_explorer(loss=None,  # an MDFLoss, a shipped name, a weight file, or a dict label -> one; None: all
                         image=None,  # a path, file object or tensor; None: the bundled photo
                         size: int = 96,  # short side in pixels: the loss costs about size^2
-                        distortion: str = DEFAULT_TASK,  # a task the widgets can show: a name in widget_tasks().values()
+                        # a task the widgets can show: a name in widget_tasks().values()
+                        distortion: str = DEFAULT_TASK,
                         strength: int = 3,  # 0 (clean) .. 10
                         delay: float | None = 0.1,  # quiet time before a background update; None: update at once
                        ) -> DistortionExplorer:
@@ -397,21 +251,24 @@ class FeatureViewer(App):
     "The feature maps of one discriminator and tap for a clean image, its distorted version and their difference."
     def __init__(self, loss, image=None, size: int = 96, distortion: str = DEFAULT_TASK, strength: int = 5,
                  scale: int = 0, layer: str = 'body', delay: float | None = 0.1):
-        if not isinstance(size, int) or size < 32: raise ValueError(f"size must be an int of at least 32 px, got {size!r}")
+        _check_size(size)
         with torch_threads(THREADS): self.crit = resolve_loss(loss)
         self.size = size
         if layer not in LAYERS: raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
-        if not 0 <= scale < self.crit.num_scales: raise ValueError(f"scale must be 0..{self.crit.num_scales - 1}, got {scale}")
+        if not 0 <= scale < self.crit.num_scales:
+            raise ValueError(f"scale must be 0..{self.crit.num_scales - 1}, got {scale}")
         self.clean = prepare_image(bundled_image_path() if image is None else image, size)
         self.clean_features = {}
-        self.scale = W.IntSlider(value=scale, min=0, max=self.crit.num_scales - 1, description='scale k', continuous_update=False)
+        self.scale = W.IntSlider(value=scale, min=0, max=self.crit.num_scales - 1, description='scale k',
+                                 continuous_update=False)
         self.layer = W.ToggleButtons(options=LAYERS, value=layer, description='layer')
         self.all_channels = W.Checkbox(value=True, description='all channels')
         self.channel = W.IntSlider(value=0, min=0, max=0, description='channel', disabled=True, continuous_update=False)
         self.distortion, self.strength, self.parameter = _distortion_controls(distortion, strength)
         self.figure, self.readout = W.Image(format='png'), W.HTML()
         super().__init__([W.HBox([self.scale, self.layer]), W.HBox([self.all_channels, self.channel]),
-                          W.HBox([self.distortion, self.strength, self.parameter]), self.figure, self.readout], delay=delay)
+                          W.HBox([self.distortion, self.strength, self.parameter]), self.figure, self.readout],
+                         delay=delay)
         self.add_class('mdf-feature-viewer')
         for w in (self.scale, self.layer, self.all_channels, self.channel, self.distortion, self.strength):
             w.observe(self._changed, 'value')
@@ -435,17 +292,20 @@ class FeatureViewer(App):
         with torch.no_grad(): a, b = self.crit.features(distorted, k)[j][0], self.clean_features[k][j][0]
         yield
         channels = a.shape[0]
-        with self.quiet(): self.channel.max = channels - 1   # the width changes with the scale and the tap (clamps the value)
+        # the width changes with the scale and the tap (clamps the value)
+        with self.quiet(): self.channel.max = channels - 1
         c = self.channel.value
         if self.all_channels.value:
-            maps = {'clean': b.pow(2).mean(0).sqrt(), 'distorted': a.pow(2).mean(0).sqrt(), 'difference': (a - b).pow(2).mean(0)}
+            maps = {'clean': b.pow(2).mean(0).sqrt(), 'distorted': a.pow(2).mean(0).sqrt(),
+                    'difference': (a - b).pow(2).mean(0)}
         else: maps = {'clean': b[c], 'distorted': a[c], 'difference': a[c] - b[c]}
         self.distorted, self.term = distorted, (a - b).pow(2).mean().item()
         self.maps = {n: m.numpy() for n, m in maps.items()}
         self.feature_shape = tuple(a.shape)
         self.figure.value = self._draw(distorted, c)
         what = 'all channels' if self.all_channels.value else f'channel {c}'
-        self.readout.value = (f"D<sub>{k}</sub> {self.layer.value}: {channels} channel{'s' if channels != 1 else ''} of {a.shape[1]} x {a.shape[2]}; "
+        self.readout.value = (f"D<sub>{k}</sub> {self.layer.value}: {channels} channel{'s' if channels != 1 else ''} "
+                              f"of {a.shape[1]} x {a.shape[2]}; "
                               f"showing {what}. Loss term of this scale and layer (mean squared difference): "
                               f"<b>{_fmt(self.term)}</b>")
 

@@ -73,6 +73,14 @@ def test_no_module_outgrows_one_subject():
     assert max(sizes.values()) <= 500, {m: n for m, n in sizes.items() if n > 500}
 
 
+def test_no_line_is_longer_than_120_characters():
+    """Every line of the package fits 120 columns, but the first of nbdev's generated `__all__` (nbdev wraps the list
+    at 120, then prefixes `__all__ = `); the generated `_modidx.py` is left out likewise."""
+    long = [f'{MODULES[p]}:{n}' for p in MODULES for n, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > 120 and not line.startswith('__all__ = [')]
+    assert not long, long
+
+
 def _docstrings(tree: ast.AST) -> set[int]:
     "ids of the docstring constants of `tree` and of the values of `__all__` (names of functions, not of tasks)."
     out = set()

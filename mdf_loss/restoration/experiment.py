@@ -4,7 +4,7 @@
 
 # %% ../../nbs/09e_experiment.ipynb 3
 from __future__ import annotations
-import dataclasses, datetime, itertools, json, os, re, shlex, time
+import dataclasses, datetime, itertools, json, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,153 +13,21 @@ import torch
 from torch import nn
 
 from ..runtime import atomic_write_bytes
-from ..configs import ConfigError, JSONConfig, need, option
-from ..tasks import DEFAULT_TASK, TaskSpec, get_task, task_names
+from ..configs import need
+from ..tasks import TaskSpec
 from ..loss import MDFLoss
-from ..baselines import (LOSS_PRESETS, SWEEP_WEIGHTS, find_weights, get_loss, loss_names, loss_needs,
-                                parse_loss_name)
-from .networks import NETWORKS, count_parameters, make_network
+from ..baselines import SWEEP_WEIGHTS, find_weights, get_loss, loss_needs, parse_loss_name
+from .networks import count_parameters, make_network
 from .data import (PatchSampler, crop, list_images, load_test_set, load_training_images,
                                        pick_window, split_images, validation_crops)
 from .trainer import dist_context, image_metrics, mean_metrics, on_rank0, restore, train_network
+# the config's names are imported for their old paths (mdf_loss.restoration.experiment.PROTOCOLS, ...)
+from .config import (EXPERIMENT_PRESETS, PROTOCOLS, DEFAULT_LOSSES, SELECT_BY, WEIGHT_KINDS,
+                                         ExperimentConfig)
 from .report import comparison_html, figure_grid, machine_info, mdf_summary, results_markdown
 
 # %% auto 0
-__all__ = ['EXPERIMENT_PRESETS', 'PROTOCOLS', 'DEFAULT_LOSSES', 'SELECT_BY', 'WEIGHT_KINDS', 'ExperimentConfig', 'plan_runs',
-           'mdf_columns', 'Candidate', 'RunResult', 'Experiment', 'run_experiment', 'load_results']
-
-# %% ../../nbs/09e_experiment.ipynb
-EXPERIMENT_PRESETS = {
-    'smoke': dict(patch=32, batch=2, steps=2, lr=1e-3, size='smoke', max_test_images=None, mdf_crop=32, crop=32,
-                  val_fraction=0.5, val_crops=1, train_scale=1.0, max_train_images=None, every=1),
-    'quick': dict(patch=48, batch=8, steps=600, lr=1e-3, size='quick', max_test_images=10, mdf_crop=128, crop=96,
-                  val_fraction=0.1, val_crops=4, train_scale=0.5, max_train_images=40, every=50),
-    'paper': dict(patch=96, batch=16, steps=20000, lr=1e-4, size='paper', max_test_images=None, mdf_crop=256, crop=128,
-                  val_fraction=0.1, val_crops=8, train_scale=0.5, max_train_images=None, every=500),
-}
-PROTOCOLS = ('scratch', 'finetune')
-DEFAULT_LOSSES = ('l1', 'l2', 'ssim', 'mdf-official')
-SELECT_BY = ('haarpsi', 'ssim', 'psnr')  # validation crops are 96 px: too small for MS-SSIM
-WEIGHT_KINDS = ('vgg16', 'alexnet', 'lpips-alex')
-
-def _names(v) -> tuple:
-    "A comma-separated string or a sequence, as a tuple of stripped, non-empty strings."
-    items = v.split(',') if isinstance(v, str) else list(v)
-    return tuple(str(x).strip() for x in items if str(x).strip())
-
-# %% ../../nbs/09e_experiment.ipynb
-def _losses_hint() -> str:
-    return (f"any registered loss ({', '.join(loss_names())}), the presets {', '.join(LOSS_PRESETS)}, a .safetensors "
-            "loss file, or sums such as l1+mdf-official; --import a module that calls "
-            "mdf_loss.baselines.register_loss to add yours")
-
-@dataclass
-class ExperimentConfig(JSONConfig):
-    "Everything that defines a restoration experiment; the preset's sizes unless you say otherwise."
-    task: str = option(DEFAULT_TASK, required=True, always=True, choices=lambda: task_names('restoration'))  # the restoration task
-    losses: tuple = option(DEFAULT_LOSSES, always=True, hint=_losses_hint)  # the losses compared, comma-separated
-    train_dir: str | None = option(None, flag='--train', required=True, always=True)  # folder of training images (for example benchmarks/CSun_Hays80)
-    test_dirs: tuple = option((), flag='--test', nargs='+', required=True, always=True)  # one or more folders of test images, one table each (for example CSet5 CSet14 CBSD68)
-    preset: str = option('quick', always=True, choices=lambda: tuple(EXPERIMENT_PRESETS))  # the sizes: smoke (tests), quick (CPU minutes) or paper (GPU)
-    out_dir: str = option('runs/experiment', flag='--out', always=True)  # where results, figures and checkpoints go
-    seed: int = option(0, always=True)  # seed of weights, patches and distortions
-    strength: float | None = option(None, strength='restoration')  # the task's strength, trained and tested; None: the task's variants
-    steps: int | None = None  # training steps per run
-    patch: int | None = None  # side of the training patches (output pixels)
-    batch: int | None = None  # patches per step
-    lr: float | None = None  # Adam's learning rate
-    max_train_images: int | None = None  # use the first N training images
-    max_test_images: int | None = None  # use the first N images of each test folder
-    networks: tuple | None = None  # the networks to train, comma-separated; None: the task's own
-    protocols: tuple = option(('scratch',), flag='--protocol')  # comma-separated protocols: scratch, finetune
-    lr_grid: tuple | None = None  # comma-separated learning rates to choose from on the validation split
-    select_by: str = option('haarpsi', choices=SELECT_BY)  # the validation measure of the sweep and the lr grid
-    mdf_path: str | None = option(None, flag='--mdf-weights')  # an MDF loss file (.safetensors) for the loss name 'mdf'
-    weight_paths: dict = option(default_factory=dict, keys={'vgg16': '--vgg16-weights', 'alexnet': '--alexnet-weights', 'lpips-alex': '--lpips-weights'})  # ImageNet weights of the perceptual baselines, by kind (default: $MDF_LOSS_VGG16_WEIGHTS, $MDF_LOSS_ALEXNET_WEIGHTS, $MDF_LOSS_LPIPS_WEIGHTS, the torch hub cache or the lpips package)
-    device: str | None = None  # a torch device; None: the CPU (or the GPU of the local rank under torchrun)
-    sweep: bool = False  # sweep the weight of summed losses in {0.001, 0.01, 0.1, 1} on a validation split, and run the vgg and lpips baselines where their weights exist
-    html: bool = False  # also write a self-contained HTML comparison page with a blind mode
-    size: str | None = None  # the networks' size: 'smoke', 'quick' or 'paper'
-    mdf_crop: int | None = None  # side of the central crop the MDF columns are computed on
-    crop: int | None = None  # side of the crops in the figure
-    val_fraction: float | None = None  # share of the training images held out when tuning
-    val_crops: int | None = None  # validation crops per held-out image
-    train_scale: float | None = None  # factor the training images are resized by
-    every: int | None = None  # steps between checkpoints
-    _command_words = ('mdf-loss', 'experiment')
-    _presets = EXPERIMENT_PRESETS
-
-    def __post_init__(self):
-        need(self.preset in EXPERIMENT_PRESETS, f"preset must be one of {list(EXPERIMENT_PRESETS)}, got {self.preset!r}",
-             'preset')
-        for k, v in EXPERIMENT_PRESETS[self.preset].items():  # the preset fills every size left unset
-            if getattr(self, k) is None: setattr(self, k, v)
-        self.losses, self.protocols = _names(self.losses), _names(self.protocols)
-        dirs = self.test_dirs
-        self.test_dirs = tuple(str(d) for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else dirs))
-        self.train_dir = None if self.train_dir is None else str(self.train_dir)
-        self.mdf_path = None if self.mdf_path is None else str(self.mdf_path)
-        self.out_dir = str(self.out_dir)
-        self.weight_paths = {k: str(v) for k, v in dict(self.weight_paths or {}).items()}
-        if self.networks is not None: self.networks = _names(self.networks)
-        if isinstance(self.lr_grid, str): self.lr_grid = _names(self.lr_grid)
-        elif self.lr_grid is not None: self.lr_grid = tuple(self.lr_grid)
-        need(isinstance(self.task, str) and self.task in task_names('restoration'),
-             f"task must be one of {task_names('restoration')}, got {self.task!r}", 'task')
-        need(bool(self.losses), "losses is empty; give a comma-separated list such as l1,l2,ssim,mdf-official", 'losses')
-        need(len(set(self.losses)) == len(self.losses), f"losses names a loss twice: {list(self.losses)}", 'losses')
-        need(bool(self.protocols) and all(p in PROTOCOLS for p in self.protocols),
-             f"protocols must be a comma-separated list of {PROTOCOLS}, got {list(self.protocols)}", 'protocols')
-        for n in self.networks or ():
-            need(n in NETWORKS, f"networks: unknown network {n!r}; choose from {list(NETWORKS)}", 'networks')
-        for name in ('steps', 'patch', 'batch', 'every', 'val_crops'):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive integer, got {v!r}",
-                 name)
-        need('finetune' not in self.protocols or self.steps >= 2, "steps must be at least 2 for the finetune protocol",
-             'steps')
-        if self.lr_grid is not None:
-            try: self.lr_grid = tuple(float(v) for v in self.lr_grid)
-            except (TypeError, ValueError):
-                raise ConfigError(f"lr_grid must be a comma-separated list of learning rates, got {self.lr_grid!r}",
-                                  'lr_grid') from None
-            need(bool(self.lr_grid) and all(v > 0 for v in self.lr_grid),
-                 f"lr_grid must be a list of positive learning rates, got {list(self.lr_grid)}", 'lr_grid')
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}", 'lr')
-        need(self.select_by in SELECT_BY, f"select_by must be one of {list(SELECT_BY)}, got {self.select_by!r}",
-             'select_by')
-        need(set(self.weight_paths) <= set(WEIGHT_KINDS),
-             f"weight_paths keys must be among {WEIGHT_KINDS}, got {sorted(self.weight_paths)}", 'weight_paths')
-        need(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction!r}", 'val_fraction')
-        if self.strength is not None:
-            try: self.spec  # checks the strength against the task
-            except ValueError as e: raise ConfigError(str(e), 'strength') from None
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> ExperimentConfig:
-        "The config of preset `name` ('smoke', 'quick' or 'paper') with `overrides` applied."
-        return cls(preset=name, **overrides)
-
-    @property
-    def spec(self) -> TaskSpec:
-        "The task, with its variants replaced by `strength` when one is given."
-        spec = get_task(self.task)
-        if self.strength is None: return spec
-        return dataclasses.replace(spec, variants=(spec.strength.check(self.strength, f"{self.task}: {spec.strength.name}"),))
-
-    @property
-    def settings(self) -> dict:
-        "The sizes of the run (the preset's fields), as results.json records them."
-        return {k: getattr(self, k) for k in EXPERIMENT_PRESETS[self.preset]}
-
-    def strength_name(self) -> str | None:
-        "The name of the task's strength parameter ('quality' for JPEG), or None."
-        strength = get_task(self.task).strength
-        return strength.name if strength is not None else None
-
-    def _command_base(self) -> ExperimentConfig:
-        return type(self)(task=self.task, preset=self.preset)
-
+__all__ = ['plan_runs', 'mdf_columns', 'Candidate', 'RunResult', 'Experiment', 'run_experiment', 'load_results']
 
 # %% ../../nbs/09e_experiment.ipynb
 def _safe(name: str) -> str: return re.sub(r'[^A-Za-z0-9.+=-]+', '_', name)
@@ -251,9 +119,12 @@ class _ExperimentData:
         self.train_paths, self.val_paths = list_images(cfg.train_dir, cfg.max_train_images), []
         for d in cfg.test_dirs: list_images(d)
         if self.tuning: self.train_paths, self.val_paths = split_images(self.train_paths, cfg.val_fraction, cfg.seed)
-        self.sampler = PatchSampler(load_training_images(self.train_paths, cfg.train_scale, cfg.patch), spec, cfg.patch, cfg.batch, cfg.seed)
-        self.val = (validation_crops(load_training_images(self.val_paths, cfg.train_scale), spec, 96, cfg.val_crops, cfg.seed)
-                    if self.val_paths else [])
+        train = load_training_images(self.train_paths, cfg.train_scale, cfg.patch)
+        self.sampler = PatchSampler(train, spec, cfg.patch, cfg.batch, cfg.seed)
+        self.val = []
+        if self.val_paths:
+            val = load_training_images(self.val_paths, cfg.train_scale)
+            self.val = validation_crops(val, spec, 96, cfg.val_crops, cfg.seed)
         self.tests = {Path(d).name: load_test_set(d, spec, cfg.seed, cfg.max_test_images) for d in cfg.test_dirs}
         self.variants = spec.variant_labels
         self.keys = [(name, v) for name in self.tests for v in self.variants]
@@ -263,9 +134,9 @@ class _ExperimentData:
             im = self.tests[name][0]
             size = min(cfg.crop, *im.clean.shape[-2:]); size -= size % spec.scale
             win = pick_window(im.clean, size, spec.scale)
-            self.fig_rows.append({'label': f'{self.label(name, v)}: {im.name}', 'key': (name, v), 'window': win, 'size': size,
-                                  'refs': {'ground truth': crop(im.clean, win, size), 'input': crop(spec.upsample(im.inputs[v]), win, size)},
-                                  'runs': {}})
+            refs = {'ground truth': crop(im.clean, win, size), 'input': crop(spec.upsample(im.inputs[v]), win, size)}
+            self.fig_rows.append({'label': f'{self.label(name, v)}: {im.name}', 'key': (name, v), 'window': win,
+                                  'size': size, 'refs': refs, 'runs': {}})
 
     def label(self, name: str, variant: str) -> str:
         "The table key of a test set under one variant: `CSet5`, or `CSet5/q10` when the task has several."
@@ -280,7 +151,8 @@ class _Evaluating:
         for name, v in self.keys:
             per = {}
             for im in self.tests[name]:
-                restored = self.spec.upsample(im.inputs[v]) if model is None else restore(model, im.inputs[v], self.device)
+                restored = (self.spec.upsample(im.inputs[v]) if model is None
+                            else restore(model, im.inputs[v], self.device))
                 per[im.name] = image_metrics(restored, im.clean, self.shave, self.mdf_columns, self.cfg.mdf_crop)
             out[self.label(name, v)] = {'per_image': per, 'mean': mean_metrics(per)}
         return out
@@ -315,7 +187,8 @@ class _Evaluating:
 class _Tuning:
     "The steps that tune: training the candidates of a sweep or a learning-rate grid, and choosing one."
     def _validation_score(self, model: nn.Module) -> float:
-        scores = [image_metrics(restore(model, im.inputs[v]), im.clean, self.shave)[self.cfg.select_by] for im in self.val for v in self.variants]
+        scores = [image_metrics(restore(model, im.inputs[v]), im.clean, self.shave)[self.cfg.select_by]
+                  for im in self.val for v in self.variants]
         return float(np.mean(scores))
 
     def train_candidates(self, network: str, protocol: str, loss_name: str, weights: list,
@@ -338,7 +211,8 @@ class _Tuning:
                 cand.error = str(e); cands.append(cand); continue
             hist = info['history']
             cand.model, cand.seconds = model, info['seconds']
-            cand.final_loss, cand.history = float(np.mean(hist[-max(1, len(hist)//10):])), hist[::max(1, len(hist)//100)]
+            cand.final_loss = float(np.mean(hist[-max(1, len(hist)//10):]))
+            cand.history = hist[::max(1, len(hist)//100)]
             if len(weights)*len(self.lrs) > 1:  # scored once, on rank 0, so that every process picks the same run
                 cand.score = on_rank0(lambda: self._validation_score(model), *dist_context())
             cands.append(cand)
@@ -371,7 +245,8 @@ class _Running:
         lead = rank == 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
         inputs = self.evaluate(None) if lead else {}
-        tables = {n: {k: [{'run': 'input', 'mean': e['mean'], 'seconds': None}] for k, e in inputs.items()} for n in self.networks}
+        tables = {n: {k: [{'run': 'input', 'mean': e['mean'], 'seconds': None}] for k, e in inputs.items()}
+                  for n in self.networks}
         runs, params, sweeps = [], {}, dict(self.sweep_info)
         for network in self.networks:
             params[network] = count_parameters(self._fresh(network))
@@ -382,10 +257,12 @@ class _Running:
                     best = self.choose(cands, loss_name)
                     if len(cands) > 1:
                         sweeps[f'{loss_name} ({network}, {protocol})'] = {
-                            'run': True, 'select_by': self.cfg.select_by, 'chosen': {'weight': best.weight, 'lr': best.lr},
+                            'run': True, 'select_by': self.cfg.select_by,
+                            'chosen': {'weight': best.weight, 'lr': best.lr},
                             'candidates': [c.record() for c in cands]}
-                    result = RunResult(network, best.loss, loss_name, protocol, best.weight, best.lr, self.cfg.steps, best.seconds,
-                                       best.final_loss, best.history, self.evaluate(best.model) if lead else {})
+                    result = RunResult(network, best.loss, loss_name, protocol, best.weight, best.lr, self.cfg.steps,
+                                       best.seconds, best.final_loss, best.history,
+                                       self.evaluate(best.model) if lead else {})
                     if lead: self.record(result, best.model, tables)
                     runs.append(dataclasses.asdict(result))
         return on_rank0(lambda: self.finish(t0, world, inputs, runs, tables, params, sweeps), rank, world)
@@ -421,12 +298,13 @@ class _Writing:
             rows = [{'label': r['label'], 'tiles': {**r['refs'], **r['runs'].get(network, {})}} for r in self.fig_rows]
             columns = ['ground truth', 'input', *self.fig_rows[0]['runs'].get(network, {})]
             name = f'grid_{network}.png'
-            figure_grid(rows, columns, self.out_dir/name, title=f'{c.task}, {network}, {c.preset} preset, seed {c.seed}')
+            title = f'{c.task}, {network}, {c.preset} preset, seed {c.seed}'
+            figure_grid(rows, columns, self.out_dir/name, title=title)
             entry = {'network': network, 'grid': name, 'rows': len(rows), 'columns': columns}
             if c.html:
                 page = 'comparison.html' if len(self.networks) == 1 else f'comparison_{network}.html'
-                atomic_write_bytes(comparison_html(rows, columns, f'{c.task}, {network}: the same crops under each loss', c.seed).encode(),
-                                   self.out_dir/page)
+                title = f'{c.task}, {network}: the same crops under each loss'
+                atomic_write_bytes(comparison_html(rows, columns, title, c.seed).encode(), self.out_dir/page)
                 entry['html'] = page
             written.append(entry)
         return written
