@@ -149,6 +149,7 @@ def sr_degrade(x:torch.Tensor, # images N x C x H x W in [0,1]
                clip:bool=True, # clamp both steps to [0,1]
               ) -> torch.Tensor:
     "Return `x` down-sampled by `factor` and bicubically up-sampled back to its own size."
+    factor = _check_factor(factor, 'sr_degrade')  # so that a bad factor is reported under this function's name
     _check_images(x, 'sr_degrade')
     return upsample_back(downsample(x, factor, clip), x.shape[-2:], clip)
 
