@@ -180,7 +180,7 @@ class MDFLoss(_Geometry, _Files, ImageLoss):
                  # run the discriminators in this dtype (e.g. torch.bfloat16); default: the input's
                  dtype: torch.dtype | None = None,
                  compile: bool = False,  # compile the per-discriminator function with torch.compile
-                 # (or a `ScaleSampler`, defined further down, of your design) evaluate a random subset of the scales
+                 # (or a `ScaleSampler` of your design, from mdf_loss.sampling) evaluate a random subset of the scales
                  # costing this fraction of the exact loss on average (unbiased; see "Stochastic evaluation")
                  sample: float | None = None,
                  # CPU generator of the draws of `sample` (default: seeded from torch.initial_seed())
